@@ -1,0 +1,245 @@
+"""``quantize_model``: clone a Keras model with QDQ wrappers where the spec, the cases and the mode say.
+
+The caller's model, its weights and the spec are never touched: the model is cloned (nested Functional and
+Sequential models included), the clone gets copies of the weights, and the spec is only read.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import keras
+
+from qdq_toolkit.cases import CustomQDQInsertionCase, LayerRef, iter_layers
+from qdq_toolkit.quantizers import RangeTracking
+from qdq_toolkit.spec import LayerSpec, QuantizationSpec
+from qdq_toolkit.wrappers import DEFAULT_REGISTRY, QDQWrapper, WrapperRegistry
+
+QUANTIZATION_MODES = ("full", "partial")
+
+
+class QuantizationSpecError(ValueError):
+    """The spec (or a case) names something the model does not have, or asks for what cannot be done."""
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """What ``quantize_model`` does to one layer."""
+
+    path: str
+    wrapper: type[QDQWrapper]
+    quantize_inputs: tuple[int, ...]
+    quantize_weights: bool
+
+
+def _closest(name: str, candidates: Iterable[str], count: int = 5) -> str:
+    matches = difflib.get_close_matches(name, sorted(set(candidates)), n=count, cutoff=0.5)
+    return ", ".join(matches) if matches else "(no similar names)"
+
+
+def _check_model(model) -> None:
+    if not isinstance(model, keras.Model):
+        kind = type(model).__module__ + "." + type(model).__qualname__
+        raise TypeError(
+            f"quantize_model expects a keras.Model (Functional or Sequential), got {kind}. Load or build the Keras "
+            "model first, e.g. keras.models.load_model('model.keras')."
+        )
+    if any(isinstance(ref.layer, QDQWrapper) for ref in iter_layers(model)):
+        raise ValueError(
+            f"Model '{model.name}' already contains QDQ wrappers: it is already quantized. Pass the original "
+            "float model to quantize_model."
+        )
+
+
+def _decision_from_entry(entry: LayerSpec, ref: LayerRef, wrapper: type[QDQWrapper], source: str):
+    if entry.quantization_index is not None:
+        too_big = [i for i in entry.quantization_index if i >= ref.num_inputs]
+        if too_big:
+            raise QuantizationSpecError(
+                f"{source}: quantization_index {list(entry.quantization_index)} for layer '{ref.path}' "
+                f"({type(ref.layer).__name__}) is out of range: the layer has {ref.num_inputs} input(s), "
+                f"indices 0..{ref.num_inputs - 1}. Fix quantization_index for this layer."
+            )
+    inputs: tuple[int, ...] = ()
+    if entry.quantize_input:
+        inputs = entry.quantization_index if entry.quantization_index is not None else tuple(range(ref.num_inputs))
+    return inputs, entry.quantize_weight and bool(wrapper.kernel_axes)
+
+
+def _default_decision(ref: LayerRef, wrapper: type[QDQWrapper]):
+    inputs = tuple(range(ref.num_inputs)) if wrapper.default_quantize_input else ()
+    return inputs, wrapper.default_quantize_weight and bool(wrapper.kernel_axes)
+
+
+def plan_quantization(
+    model: keras.Model,
+    quantization_mode: str = "full",
+    quantization_spec: QuantizationSpec | None = None,
+    custom_qdq_cases: Sequence[CustomQDQInsertionCase] | None = None,
+    registry: WrapperRegistry = DEFAULT_REGISTRY,
+) -> dict[int, LayerPlan]:
+    """Decide, for every layer of ``model``, which wrapper it gets and what it quantizes (``{id(layer): plan}``).
+
+    Precedence, lowest first: the mode's defaults (``"full"`` only), then each case's spec in the order given
+    (a later case's entry replaces an earlier one's for the same layer), then the user's spec. Within one spec an
+    entry naming the layer beats an entry naming its class.
+    """
+    if quantization_mode not in QUANTIZATION_MODES:
+        raise ValueError(
+            f"Unknown quantization_mode {quantization_mode!r}. Use 'full' (every supported layer, spec entries "
+            "override) or 'partial' (only the layers in the spec and the cases)."
+        )
+    user_spec = quantization_spec if quantization_spec is not None else QuantizationSpec()
+    if not isinstance(user_spec, QuantizationSpec):
+        raise TypeError(
+            f"quantization_spec must be a qdq_toolkit.QuantizationSpec, got {type(user_spec).__name__}."
+        )
+    refs = iter_layers(model)
+
+    sources: list[tuple[str, QuantizationSpec]] = []
+    for case in custom_qdq_cases or ():
+        if isinstance(case, type) or not callable(getattr(case, "case", None)):
+            raise TypeError(
+                f"custom_qdq_cases must hold CustomQDQInsertionCase instances, got {case!r}. Pass instances, "
+                "e.g. [ResNetV1QDQCase()], not classes."
+            )
+        case_spec = case.case(model, user_spec.copy())
+        if not isinstance(case_spec, QuantizationSpec):
+            raise TypeError(f"{type(case).__name__}.case() must return a QuantizationSpec, got {type(case_spec).__name__}.")
+        sources.append((f"{type(case).__name__}", case_spec))
+    sources.append(("quantization_spec", user_spec))
+
+    by_name: dict[str, list[LayerRef]] = {}
+    by_class: dict[str, list[LayerRef]] = {}
+    for ref in refs:
+        by_name.setdefault(ref.path, []).append(ref)
+        if ref.layer.name != ref.path:
+            by_name.setdefault(ref.layer.name, []).append(ref)
+        by_class.setdefault(type(ref.layer).__name__, []).append(ref)
+
+    decisions: dict[int, tuple[tuple[int, ...], bool]] = {}
+    if quantization_mode == "full":
+        for ref in refs:
+            wrapper = registry.wrapper_for(type(ref.layer))
+            if wrapper is not None:
+                decisions[id(ref.layer)] = _default_decision(ref, wrapper)
+
+    for source, spec in sources:
+        class_entries = [e for e in spec if e.is_keras_class]
+        name_entries = [e for e in spec if not e.is_keras_class]
+        for entry in class_entries:
+            matched = by_class.get(entry.name, [])
+            if not matched and registry.class_named(entry.name) is None and not hasattr(keras.layers, entry.name):
+                raise QuantizationSpecError(
+                    f"{source}: '{entry.name}' (is_keras_class=True) is not a Keras layer class. Closest class names: "
+                    f"{_closest(entry.name, [*by_class, *registry.supported_classes()])}."
+                )
+            for ref in matched:
+                _apply(entry, ref, registry, decisions, source)
+        for entry in name_entries:
+            matched = by_name.get(entry.name, [])
+            if not matched:
+                hint = ""
+                if entry.name in by_class or registry.class_named(entry.name) or hasattr(keras.layers, entry.name):
+                    hint = f" '{entry.name}' is a class name: add it with is_keras_class=True."
+                raise QuantizationSpecError(
+                    f"{source}: there is no layer named '{entry.name}' in model '{model.name}'.{hint} Closest layer "
+                    f"names: {_closest(entry.name, by_name)}. Layers inside nested models can be named "
+                    "'submodel/layer'."
+                )
+            for ref in matched:
+                _apply(entry, ref, registry, decisions, source)
+
+    plans: dict[int, LayerPlan] = {}
+    for ref in refs:
+        inputs, weights = decisions.get(id(ref.layer), ((), False))
+        if inputs or weights:
+            plans[id(ref.layer)] = LayerPlan(
+                path=ref.path,
+                wrapper=registry.wrapper_for(type(ref.layer)),
+                quantize_inputs=inputs,
+                quantize_weights=weights,
+            )
+    return plans
+
+
+def _apply(entry: LayerSpec, ref: LayerRef, registry: WrapperRegistry, decisions: dict, source: str) -> None:
+    wrapper = registry.wrapper_for(type(ref.layer))
+    if wrapper is None:
+        if not entry.quantizes_anything():
+            decisions.pop(id(ref.layer), None)
+            return
+        what = f"class '{entry.name}'" if entry.is_keras_class else f"layer '{ref.path}'"
+        raise QuantizationSpecError(
+            f"{source}: {what} ({type(ref.layer).__name__}) has no QDQ wrapper. Supported classes: "
+            f"{', '.join(registry.supported_classes())}. To support it, write a QDQWrapper subclass with "
+            f"layer_classes = ({type(ref.layer).__name__},) and pass it as quantize_model(..., "
+            "custom_wrappers=[YourWrapper]) (see the README, 'Supporting a new layer')."
+        )
+    decisions[id(ref.layer)] = _decision_from_entry(entry, ref, wrapper, source)
+
+
+def quantize_model(
+    model: keras.Model,
+    quantization_mode: str = "full",
+    quantization_spec: QuantizationSpec | None = None,
+    custom_qdq_cases: Sequence[CustomQDQInsertionCase] | None = None,
+    *,
+    activation_range: RangeTracking | str | dict | None = None,
+    custom_wrappers: Sequence[type[QDQWrapper]] | None = None,
+) -> keras.Model:
+    """Return a copy of ``model`` with QDQ on the inputs and weights of the selected layers.
+
+    Args:
+        model: a built Functional or Sequential Keras 3 model (nested Functional/Sequential models are fine).
+        quantization_mode: ``"full"`` quantizes every layer whose wrapper is on by default (convolutions, dense,
+            average pooling), with the spec's entries overriding; ``"partial"`` quantizes only what the spec and the
+            cases select.
+        quantization_spec: a :class:`QuantizationSpec`; read, never modified.
+        custom_qdq_cases: :class:`CustomQDQInsertionCase` instances (e.g. ``[ResNetV1QDQCase()]``); the user's
+            spec wins over them.
+        activation_range: how activation ranges follow the data in training; ``"ema"`` (default), ``"max"``,
+            ``"last"``, ``"fixed"`` or a :class:`RangeTracking` (see its docstring for why EMA is the default).
+        custom_wrappers: extra :class:`QDQWrapper` subclasses for layer classes the toolkit does not know.
+
+    Returns:
+        A new Keras model, trainable with ``fit`` and saveable as ``.keras``. Weights are copies of ``model``'s.
+    """
+    _check_model(model)
+    registry = DEFAULT_REGISTRY.with_wrappers(custom_wrappers)
+    tracking = RangeTracking.from_config(activation_range)
+    plans = plan_quantization(model, quantization_mode, quantization_spec, custom_qdq_cases, registry)
+
+    copies: list[tuple[keras.layers.Layer, keras.layers.Layer]] = []
+
+    def clone_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
+        try:
+            clone = layer.__class__.from_config(layer.get_config())
+        except Exception as exc:  # noqa: BLE001 - re-raised with the layer named and the fix
+            raise TypeError(
+                f"Cannot copy layer '{layer.name}' ({type(layer).__name__}) with from_config(get_config()): {exc}. "
+                "A custom layer must implement get_config() returning its constructor arguments."
+            ) from exc
+        copies.append((layer, clone))
+        plan = plans.get(id(layer))
+        if plan is None:
+            return clone
+        return plan.wrapper(
+            clone,
+            quantize_inputs=plan.quantize_inputs,
+            quantize_weights=plan.quantize_weights,
+            activation_range=tracking,
+        )
+
+    quantized = keras.models.clone_model(model, clone_function=clone_layer, recursive=True)
+    for original, clone in copies:
+        if original.weights:
+            clone.set_weights(original.get_weights())
+    return quantized
+
+
+def quantized_layers(model: keras.Model) -> list[QDQWrapper]:
+    """The QDQ wrappers of a quantized model, nested models included, in graph order."""
+    return [ref.layer for ref in iter_layers(model) if isinstance(ref.layer, QDQWrapper)]

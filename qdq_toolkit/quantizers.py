@@ -1,0 +1,169 @@
+"""The QDQ math: symmetric int8 quantize/dequantize, per tensor and per channel.
+
+This is the only module that calls TensorFlow's quantize ops. Everything here is what TensorRT's explicit
+quantization expects: symmetric ranges ``[-amax, amax]``, narrow int8 range ``[-127, 127]``, zero point 0,
+``scale = amax / 127``; weights per output channel, activations per tensor.
+
+Op choices (checked on TF 2.19-2.21 and tf2onnx 1.17, see DESIGN.md):
+
+* Activations use ``QuantizeAndDequantizeV4`` (``tf.quantization.quantize_and_dequantize_v2``) with a scalar
+  range. Its registered gradient is the *clipped* straight-through estimator: the incoming gradient passes where
+  ``-amax <= x <= amax`` and is zero outside, which is the estimator TensorRT's own QAT recipes use for
+  activations (values clipped by the quantizer do not learn from a gradient they did not produce).
+* Weights use ``QuantizeAndDequantizeV3`` with vector ranges and an ``axis``: V4 rejects vector ranges at run time
+  on CPU ("input_min must be a scalar"). V3's registered gradient is a plain pass-through. Because the weight range
+  is ``max |w|`` of each channel, no weight is ever outside it, so plain and clipped straight-through coincide and
+  the gradient reaching the kernel is exactly the straight-through estimator. ``amax`` is computed from the kernel
+  in the graph, so after ``model.export`` tf2onnx folds it into constant per-channel scales.
+
+Every ``amax`` is floored at :data:`MIN_AMAX` so that scales stay > 0 (TensorRT rejects zero scales and tf2onnx
+aborts on an all-zero range), e.g. for a dead channel whose weights are all zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import tensorflow as tf
+
+NUM_BITS = 8
+#: Narrow symmetric int8: quantized values lie in [-QMAX, QMAX].
+QMAX = 2 ** (NUM_BITS - 1) - 1
+#: Smallest range ever used. scale = MIN_AMAX / 127 ~ 7.9e-9 is a normal float32 and > 0.
+MIN_AMAX = 1e-6
+
+#: How activation ranges follow the data while a model trains (see :class:`RangeTracking`).
+RANGE_METHODS = ("ema", "max", "last", "fixed")
+
+
+@dataclass(frozen=True)
+class RangeTracking:
+    """How the activation range (amax) of each quantized input follows the data during ``fit``.
+
+    Only training steps update ranges; inference never does. Each step measures the batch's ``max |x|``
+    (under ``tf.distribute`` it is reduced with MAX over the replicas first, so every replica sees the range of
+    the global batch and all replicas hold identical ranges). Then:
+
+    * ``"ema"`` (default): an exponential moving average, ``amax <- decay * amax + (1 - decay) * batch_max``,
+      starting from the first observed batch (or from the calibrated range). The exported scales summarise the
+      recent training distribution instead of depending on whichever batch came last, a single outlier batch
+      moves them by only ``1 - decay``, and they keep following the activations as the weights change during
+      fine-tuning. This is the choice of TF Model Optimization's QAT.
+    * ``"max"``: the running maximum over every batch seen. Never clips anything seen in training, but one outlier
+      stretches the range for good and wastes resolution.
+    * ``"last"``: the last batch's max, which is what NVIDIA's TF2 toolkit does. Kept for comparison only: the
+      exported scales depend on whichever batch happened to come last.
+    * ``"fixed"``: ranges never change during training. Use this after :func:`qdq_toolkit.calibrate` to fine-tune
+      against the calibrated ranges (the workflow of TensorRT's PyTorch toolkit).
+
+    Args:
+        method: one of ``"ema"``, ``"max"``, ``"last"``, ``"fixed"``.
+        decay: the EMA decay, in (0, 1). 0.99 remembers roughly the last 100 steps, which suits fine-tuning runs
+            of a few hundred to a few thousand steps.
+    """
+
+    method: str = "ema"
+    decay: float = 0.99
+
+    def __post_init__(self) -> None:
+        if self.method not in RANGE_METHODS:
+            raise ValueError(
+                f"Unknown activation range method {self.method!r}. Use one of {', '.join(RANGE_METHODS)}."
+            )
+        if not 0.0 < float(self.decay) < 1.0:
+            raise ValueError(f"RangeTracking decay must be strictly between 0 and 1, got {self.decay!r}.")
+
+    def get_config(self) -> dict:
+        return {"method": self.method, "decay": float(self.decay)}
+
+    @classmethod
+    def from_config(cls, config: dict | str | RangeTracking | None) -> RangeTracking:
+        """Accept a RangeTracking, a method name, a config dict or None (the default)."""
+        if config is None:
+            return cls()
+        if isinstance(config, RangeTracking):
+            return config
+        if isinstance(config, str):
+            return cls(method=config)
+        if isinstance(config, dict):
+            return cls(**config)
+        raise TypeError(
+            f"activation_range must be a RangeTracking, one of {RANGE_METHODS} or a dict, got {type(config).__name__}."
+        )
+
+
+def qdq_per_tensor(x: tf.Tensor, amax: tf.Tensor) -> tf.Tensor:
+    """Quantize-dequantize ``x`` with one symmetric range ``[-amax, amax]`` (activations).
+
+    ``x_q = clip(round_half_even(x / s), -127, 127) * s`` with ``s = amax / 127``. Gradient: clipped
+    straight-through (passes inside the range, zero outside).
+    """
+    amax = tf.cast(tf.maximum(amax, MIN_AMAX), x.dtype)
+    return tf.quantization.quantize_and_dequantize_v2(
+        x,
+        -amax,
+        amax,
+        signed_input=True,
+        num_bits=NUM_BITS,
+        range_given=True,
+        narrow_range=True,
+    )
+
+
+def per_channel_amax(kernel: tf.Tensor, axis: int) -> tf.Tensor:
+    """``max |kernel|`` over every axis but ``axis``, floored at :data:`MIN_AMAX` (one value per channel)."""
+    rank = kernel.shape.rank
+    axis = axis % rank
+    reduce_axes = [i for i in range(rank) if i != axis]
+    return tf.maximum(tf.reduce_max(tf.abs(kernel), axis=reduce_axes), tf.cast(MIN_AMAX, kernel.dtype))
+
+
+def qdq_per_channel(kernel: tf.Tensor, axis: int) -> tf.Tensor:
+    """Quantize-dequantize a kernel with one symmetric range per slice along ``axis`` (weights).
+
+    The ranges are ``max |w|`` of each output channel, computed in the graph from the current kernel, so they are
+    always up to date while training and become constants once the model is frozen for export.
+    """
+    axis = axis % kernel.shape.rank
+    amax = per_channel_amax(kernel, axis)
+    return tf.raw_ops.QuantizeAndDequantizeV3(
+        input=kernel,
+        input_min=-amax,
+        input_max=amax,
+        num_bits=tf.constant(NUM_BITS),
+        signed_input=True,
+        narrow_range=True,
+        range_given=True,
+        axis=axis,
+    )
+
+
+def batch_amax(x: tf.Tensor) -> tf.Tensor:
+    """``max |x|`` of a batch as float32, reduced with MAX over replicas when running under ``tf.distribute``."""
+    value = tf.cast(tf.reduce_max(tf.abs(x)), tf.float32)
+    context = tf.distribute.get_replica_context()
+    if context is not None and context.num_replicas_in_sync > 1:
+        value = context.all_reduce(tf.distribute.ReduceOp.MAX, value)
+    return value
+
+
+def updated_amax(
+    amax: tf.Tensor, observed_steps: tf.Tensor, observed: tf.Tensor, tracking: RangeTracking
+) -> tf.Tensor:
+    """The new range after a training step that observed ``observed = max |x|``.
+
+    ``observed_steps`` counts the updates (or calibrations) this range has had; the first one takes the observed
+    value as is. A non-finite observation (NaN or Inf in the batch) leaves the range unchanged.
+    """
+    if tracking.method == "fixed":
+        return amax
+    if tracking.method == "last":
+        new = observed
+    elif tracking.method == "max":
+        new = tf.maximum(amax, observed)
+    else:
+        decay = tf.constant(tracking.decay, tf.float32)
+        new = decay * amax + (1.0 - decay) * observed
+    new = tf.where(observed_steps > 0, new, observed)
+    new = tf.where(tf.math.is_finite(observed), new, amax)
+    return tf.maximum(new, MIN_AMAX)
