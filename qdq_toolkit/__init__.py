@@ -5,30 +5,46 @@ The public API, re-exported here::
     from qdq_toolkit import quantize_model, QuantizationSpec
     qat_model = quantize_model(model)          # QDQ on inputs and weights of convolutions, dense, average pooling
     qat_model.compile(...); qat_model.fit(...)  # fine-tune
+
+Names are loaded on first use (PEP 562), so tools that need no TensorFlow (the ONNX checker, the CLI's
+``--help``) start quickly.
 """
 
-from qdq_toolkit.cases import CustomQDQInsertionCase, inbound_layers, iter_layers, match_chain, outbound_layers
-from qdq_toolkit.quantize import QuantizationSpecError, plan_quantization, quantize_model, quantized_layers
-from qdq_toolkit.quantizers import RangeTracking
-from qdq_toolkit.spec import LayerSpec, QuantizationSpec
-from qdq_toolkit.wrappers import BUILTIN_WRAPPERS, QDQWrapper, WrapperRegistry
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "BUILTIN_WRAPPERS",
-    "CustomQDQInsertionCase",
-    "LayerSpec",
-    "QDQWrapper",
-    "QuantizationSpec",
-    "QuantizationSpecError",
-    "RangeTracking",
-    "WrapperRegistry",
-    "inbound_layers",
-    "iter_layers",
-    "match_chain",
-    "outbound_layers",
-    "plan_quantization",
-    "quantize_model",
-    "quantized_layers",
-]
+_EXPORTS = {
+    "CustomQDQInsertionCase": "qdq_toolkit.cases",
+    "inbound_layers": "qdq_toolkit.cases",
+    "iter_layers": "qdq_toolkit.cases",
+    "match_chain": "qdq_toolkit.cases",
+    "outbound_layers": "qdq_toolkit.cases",
+    "QuantizationSpecError": "qdq_toolkit.quantize",
+    "plan_quantization": "qdq_toolkit.quantize",
+    "quantize_model": "qdq_toolkit.quantize",
+    "quantized_layers": "qdq_toolkit.quantize",
+    "RangeTracking": "qdq_toolkit.quantizers",
+    "LayerSpec": "qdq_toolkit.spec",
+    "QuantizationSpec": "qdq_toolkit.spec",
+    "BUILTIN_WRAPPERS": "qdq_toolkit.wrappers",
+    "QDQWrapper": "qdq_toolkit.wrappers",
+    "WrapperRegistry": "qdq_toolkit.wrappers",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'qdq_toolkit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted([*globals(), *_EXPORTS])
