@@ -1,0 +1,26 @@
+"""Export: quantized Keras model -> SavedModel -> QDQ ONNX -> TensorRT engine, and TensorRT placement checks.
+
+The command line is ``python -m qdq_toolkit.export --help``. TensorFlow and TensorRT are imported only when a
+function needs them.
+"""
+
+from qdq_toolkit.export.checks import Violation, check_qdq_placement, format_violations, summarize_qdq
+from qdq_toolkit.export.onnx import (
+    ExportError,
+    ExportResult,
+    export_saved_model,
+    keras_to_onnx,
+    saved_model_to_onnx,
+)
+
+__all__ = [
+    "ExportError",
+    "ExportResult",
+    "Violation",
+    "check_qdq_placement",
+    "export_saved_model",
+    "format_violations",
+    "keras_to_onnx",
+    "saved_model_to_onnx",
+    "summarize_qdq",
+]

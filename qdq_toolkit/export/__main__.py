@@ -1,0 +1,210 @@
+"""``python -m qdq_toolkit.export``: quantized Keras model / SavedModel -> QDQ ONNX -> TensorRT engine.
+
+Examples::
+
+    python -m qdq_toolkit.export --keras-model qat.keras --output qat.onnx --check
+    python -m qdq_toolkit.export --saved-model qat_savedmodel --output qat.onnx --engine qat.plan --batch 1,8,32
+    python -m qdq_toolkit.export --check qat.onnx --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import zipfile
+from pathlib import Path
+
+from qdq_toolkit._cli import CliError, native_stderr_silenced, progress_printer
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_VIOLATIONS = 3
+EXIT_NO_TENSORRT = 4
+EXIT_INTERRUPTED = 130
+
+EPILOG = f"""\
+exit codes:
+  {EXIT_OK}    success (and, with --check, no TensorRT placement violations)
+  {EXIT_ERROR}    error: bad path, corrupt input, conversion failure, output exists without --force
+  {EXIT_USAGE}    bad command-line usage
+  {EXIT_VIOLATIONS}    --check found TensorRT QDQ placement violations (the ONNX file is still written)
+  {EXIT_NO_TENSORRT}    --engine asked for but TensorRT or a GPU is missing (the ONNX file is still written)
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C); no partial output is left behind
+
+Outputs are written atomically and never overwrite existing files unless --force is given.
+Load .keras files of quantized models with this tool or after `import qdq_toolkit` (it registers the wrappers).
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m qdq_toolkit.export",
+        description="Export a quantized Keras model to TensorRT-ready QDQ ONNX (and optionally a TensorRT engine), "
+        "or check an ONNX file against TensorRT's QDQ placement rules.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--saved-model", metavar="DIR", help="SavedModel directory (from model.export)")
+    source.add_argument("--keras-model", metavar="FILE", help="Keras model file (.keras)")
+    parser.add_argument("--output", "-o", metavar="FILE", help="ONNX file to write")
+    parser.add_argument("--opset", type=int, default=13, help="ONNX opset (13-21; default 13)")
+    parser.add_argument(
+        "--fp16", action="store_true", help="write the float parts of the graph in float16 (Q/DQ scales stay float32)"
+    )
+    parser.add_argument("--engine", metavar="FILE", help="also build a TensorRT engine (plan) from the ONNX file")
+    parser.add_argument(
+        "--batch", default="1,8,32", metavar="SIZES", help="engine batch sizes: min,opt,max profile (default 1,8,32)"
+    )
+    parser.add_argument(
+        "--check",
+        nargs="?",
+        const="",
+        metavar="ONNX",
+        help="check TensorRT QDQ placement rules: of the exported file, or of ONNX when given alone",
+    )
+    parser.add_argument("--json", action="store_true", help="print the check report as JSON")
+    parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress messages")
+    parser.add_argument("--verbose", action="store_true", help="show TensorFlow's own log output")
+    return parser
+
+
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise CliError(f"--batch must be comma-separated positive integers such as 1,8,32, got '{text}'") from None
+    if not sizes or min(sizes) < 1:
+        raise CliError(f"--batch must be comma-separated positive integers such as 1,8,32, got '{text}'")
+    return sizes
+
+
+def _check_file(path: str, as_json: bool) -> int:
+    from qdq_toolkit.export.checks import (
+        check_qdq_placement,
+        format_violations,
+        load_onnx_model,
+        summarize_qdq,
+        violations_to_json,
+    )
+
+    try:
+        model = load_onnx_model(path)
+    except (FileNotFoundError, ValueError, TypeError) as exc:
+        raise CliError(str(exc)) from None
+    violations = check_qdq_placement(model)
+    summary = summarize_qdq(model)
+    print(violations_to_json(violations, summary, model_path=path) if as_json else format_violations(violations, summary))
+    return EXIT_VIOLATIONS if violations else EXIT_OK
+
+
+def _load_keras(path: Path):
+    if not path.exists():
+        raise CliError(f"Keras model '{path}' does not exist")
+    if path.suffix != ".keras" or not zipfile.is_zipfile(path):
+        raise CliError(f"'{path}' is not a .keras file (a zip archive); save the model with model.save('model.keras')")
+    import keras
+
+    import qdq_toolkit.wrappers  # noqa: F401 - registers the QDQ wrappers for deserialization
+
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as exc:  # noqa: BLE001 - Keras raises many types for a corrupt file
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CliError(f"cannot load Keras model '{path}': {first_line}") from None
+
+
+def _export(args, say) -> int:
+    from qdq_toolkit.export.onnx import (
+        ExportError,
+        check_output_path,
+        keras_to_onnx,
+        saved_model_to_onnx,
+    )
+
+    if not args.output:
+        raise CliError("--output is required with --saved-model/--keras-model (the ONNX file to write)")
+    if args.check:
+        raise CliError("--check takes no file when exporting: it checks the exported --output")
+    sizes = _batch_sizes(args.batch) if args.engine else ()
+    try:  # refuse before doing any work
+        output = check_output_path(args.output, args.force)
+        if args.engine:
+            engine = Path(args.engine)
+            if engine.resolve() == output.resolve():
+                raise CliError("--engine and --output must be different files")
+            check_output_path(engine, args.force)
+    except (FileExistsError, FileNotFoundError, IsADirectoryError) as exc:
+        raise CliError(str(exc)) from None
+
+    try:
+        if args.keras_model:
+            say(f"loading {args.keras_model}")
+            model = _load_keras(Path(args.keras_model))
+            result = keras_to_onnx(model, output, opset=args.opset, fp16=args.fp16, force=args.force, progress=say)
+        else:
+            result = saved_model_to_onnx(
+                args.saved_model, output, opset=args.opset, fp16=args.fp16, force=args.force, progress=say
+            )
+    except (ExportError, ValueError, TypeError, FileNotFoundError, FileExistsError) as exc:
+        raise CliError(str(exc).splitlines()[0]) from None
+
+    say(
+        f"wrote {result.path} (opset {result.opset}{', fp16' if result.fp16 else ''}; inputs {', '.join(result.inputs)}; "
+        f"outputs {', '.join(result.outputs)}; {result.num_quantize_linear} QuantizeLinear, "
+        f"{result.num_dequantize_linear} DequantizeLinear)"
+    )
+    if result.num_dequantize_linear == 0:
+        say("note: the model has no QDQ nodes, so this is a float export (quantize it with quantize_model first)")
+
+    status = EXIT_OK
+    if args.check is not None:
+        status = _check_file(str(result.path), args.json)
+    elif result.violations:
+        say(f"warning: {len(result.violations)} TensorRT placement violation(s); run with --check to list them")
+
+    if args.engine:
+        from qdq_toolkit.export.tensorrt import TensorRTUnavailableError, build_engine
+
+        try:
+            build_engine(result.path, args.engine, batch_sizes=sizes, force=args.force, progress=say)
+        except TensorRTUnavailableError as exc:
+            print(f"error: engine not built: {' '.join(str(exc).split())}", file=sys.stderr)
+            print(f"the ONNX file was written: {result.path}", file=sys.stderr)
+            return EXIT_NO_TENSORRT
+        except (ValueError, FileExistsError, FileNotFoundError, RuntimeError) as exc:
+            raise CliError(f"engine not built: {str(exc).splitlines()[0]} (the ONNX file was written: {result.path})") from None
+        say(f"wrote {args.engine}")
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    say = progress_printer(args.quiet or args.json)
+    try:
+        if not (args.saved_model or args.keras_model):
+            if not args.check:
+                parser.print_usage(sys.stderr)
+                print(
+                    "error: give --saved-model DIR or --keras-model FILE with --output, or --check FILE.onnx",
+                    file=sys.stderr,
+                )
+                return EXIT_USAGE
+            return _check_file(args.check, args.json)
+        with native_stderr_silenced(not args.verbose):
+            return _export(args, say)
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("interrupted: no partial output was left behind", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
