@@ -33,13 +33,15 @@ in which order, so calibration results do not change with the batch size or the 
 Every ``amax`` returned is clamped to the largest ``|x|`` seen (clipping above the data only wastes levels;
 ONNX Runtime's calibrator clamps the same way) and floored at ``AMAX_FLOOR``.
 
-This module is pure NumPy; it imports no TensorFlow.
+The collectors are pure NumPy. :func:`calibrate` runs a quantized Keras model over data and feeds them; it
+imports TensorFlow/Keras only when called.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -48,10 +50,12 @@ __all__ = [
     "AMAX_FLOOR",
     "AmaxCollector",
     "CALIBRATION_METHODS",
+    "CalibrationReport",
     "HistogramCollector",
     "MaxCollector",
     "entropy_amax",
     "kl_divergences",
+    "calibrate",
     "make_collector",
     "mse_amax",
     "mse_errors",
@@ -545,3 +549,174 @@ def make_collector(
     if method == "max":
         return MaxCollector(nonfinite=nonfinite)
     return HistogramCollector(num_bins, method=method, percentile=percentile, nonfinite=nonfinite)
+
+
+# ----------------------------------------------------------------------------------- calibrating a Keras model
+@dataclass(frozen=True)
+class RangeRow:
+    """One calibrated activation range."""
+
+    layer: str
+    slot: str
+    amax: float
+    max_abs: float
+    num_values: int
+
+
+@dataclass(frozen=True)
+class CalibrationReport:
+    """The ranges :func:`calibrate` chose, one row per quantized activation."""
+
+    method: str
+    num_batches: int
+    num_samples: int
+    rows: tuple[RangeRow, ...]
+    percentile: float | None = None
+
+    def as_dict(self) -> dict:
+        return {
+            "method": self.method,
+            "percentile": self.percentile,
+            "num_batches": self.num_batches,
+            "num_samples": self.num_samples,
+            "ranges": {f"{row.layer}/{row.slot}": row.amax for row in self.rows},
+            "rows": [row.__dict__ for row in self.rows],
+        }
+
+    def table(self) -> str:
+        """A plain-text table: layer, input slot, chosen amax, max |x| seen, and the fraction of the range kept."""
+        header = ("layer", "input", "amax", "max |x|", "amax/max")
+        lines = [
+            (row.layer, row.slot, f"{row.amax:.5g}", f"{row.max_abs:.5g}", f"{row.amax / row.max_abs:.3f}" if row.max_abs else "-")
+            for row in self.rows
+        ]
+        widths = [max(len(str(cell)) for cell in column) for column in zip(header, *lines, strict=False)]
+        method = self.method + (f" {self.percentile}" if self.method == "percentile" else "")
+        out = [f"calibration: {method}, {self.num_samples} samples in {self.num_batches} batches"]
+        for line in (header, *lines):
+            out.append("  ".join(str(cell).ljust(width) for cell, width in zip(line, widths, strict=True)))
+        return "\n".join(out)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def _input_batches(data, batch_size: int | None):
+    """Yield model inputs from a tf.data.Dataset, an array of inputs, or an iterable of batches.
+
+    Elements may be ``x`` or ``(x, y)`` / ``(x, y, sample_weight)``: only ``x`` is used.
+    """
+    if isinstance(data, np.ndarray):
+        if batch_size is None:
+            raise ValueError("Pass batch_size to calibrate on an array of inputs (it is cut into batches).")
+        for start in range(0, len(data), batch_size):
+            yield data[start : start + batch_size]
+        return
+    if batch_size is not None:
+        raise ValueError("batch_size only applies to an array of inputs; batch the dataset or iterable instead.")
+    try:
+        import tensorflow as tf
+
+        if isinstance(data, tf.data.Dataset):
+            data = data.as_numpy_iterator()
+    except ImportError:  # pragma: no cover - TensorFlow is a dependency
+        pass
+    for element in data:
+        yield element[0] if isinstance(element, (tuple, list)) else element
+
+
+def calibrate(
+    model,
+    data,
+    method: str = "max",
+    *,
+    percentile: float = 99.99,
+    num_bins: int = 2048,
+    batch_size: int | None = None,
+    max_batches: int | None = None,
+    progress: bool = True,
+) -> CalibrationReport:
+    """Set the activation ranges of a quantized model from data, in one streaming pass.
+
+    Use it before fine-tuning (a better start than ranges learned from the first batches) or, without fine-tuning,
+    as post-training quantization. The model runs in float during the pass (no QDQ at all, as TensorRT's
+    calibrators see the FP32 network); every activation a wrapper quantizes is fed to its own collector, whose
+    memory is fixed however many batches are seen.
+
+    Args:
+        model: a model from :func:`qdq_toolkit.quantize_model` (nested models included).
+        data: a ``tf.data.Dataset`` or an iterable of batches (``x`` or ``(x, y)``), or an array of inputs with
+            ``batch_size``.
+        method: ``"max"``, ``"percentile"``, ``"entropy"`` (TensorRT's KL divergence) or ``"mse"``.
+        percentile: for ``method="percentile"``.
+        num_bins: histogram size for the histogram methods (a power of two >= 256).
+        max_batches: stop after this many batches.
+        progress: show a progress bar.
+
+    Returns:
+        A :class:`CalibrationReport` (``print`` it for a table; ``as_dict()`` for JSON).
+
+    Raises:
+        ValueError: unknown method, a model without quantized inputs, no data, or non-finite activations (the
+            message names the layer).
+    """
+    from tqdm.auto import tqdm
+
+    from qdq_toolkit.cases import iter_layers
+    from qdq_toolkit.quantize import quantized_layers
+
+    _check_method(method)
+    if max_batches is not None and (isinstance(max_batches, bool) or not isinstance(max_batches, int) or max_batches < 1):
+        raise ValueError(f"max_batches must be a positive integer or None, got {max_batches!r}.")
+    wrappers = [wrapper for wrapper in quantized_layers(model) if wrapper.activation_ranges()]
+    if not wrappers:
+        raise ValueError(
+            "The model has no quantized activations to calibrate. Calibrate the model returned by "
+            "qdq_toolkit.quantize_model(...), not the float model."
+        )
+    path_of = {id(ref.layer): ref.path for ref in iter_layers(model)}
+    collectors: dict[tuple[str, str], AmaxCollector] = {}
+    last_seen = [""]
+
+    def observe(wrapper, slot, tensor) -> None:
+        key = (path_of[id(wrapper)], slot)
+        if key not in collectors:
+            collectors[key] = make_collector(method, num_bins=num_bins, percentile=percentile)
+        last_seen[0] = "/".join(key)
+        collectors[key].update(np.asarray(tensor))
+
+    num_batches = num_samples = 0
+    for wrapper in wrappers:
+        wrapper.set_observer(observe)
+    try:
+        bar = tqdm(total=max_batches, desc=f"calibrating ({method})", unit="batch", disable=not progress)
+        with bar:
+            for batch in _input_batches(data, batch_size):
+                if max_batches is not None and num_batches >= max_batches:
+                    break
+                try:
+                    model(batch, training=False)
+                except ValueError as exc:
+                    if "not finite" in str(exc):
+                        raise ValueError(f"Calibration data gives non-finite activations at {last_seen[0]}: {exc}") from None
+                    raise
+                num_batches += 1
+                num_samples += len(batch)
+                bar.update(1)
+    finally:
+        for wrapper in wrappers:
+            wrapper.set_observer(None)
+    if num_batches == 0:
+        raise ValueError("The calibration data is empty: give at least one batch of inputs.")
+
+    rows = []
+    for wrapper in wrappers:
+        path = path_of[id(wrapper)]
+        for slot in wrapper.activation_ranges():
+            collector = collectors.get((path, slot))
+            if collector is None or collector.num_values == 0:
+                raise ValueError(f"{path}/{slot} saw no data during calibration; is this layer used by the model?")
+            amax = collector.compute_amax(method, percentile=percentile if method == "percentile" else None)
+            wrapper.set_activation_range(slot, amax)
+            rows.append(RangeRow(path, slot, float(amax), float(collector.max_abs), int(collector.num_values)))
+    return CalibrationReport(method, num_batches, num_samples, tuple(rows), percentile if method == "percentile" else None)
