@@ -143,7 +143,8 @@ def batch_amax(x: tf.Tensor) -> tf.Tensor:
     value = tf.cast(tf.reduce_max(tf.abs(x)), tf.float32)
     context = tf.distribute.get_replica_context()
     if context is not None and context.num_replicas_in_sync > 1:
-        value = context.all_reduce(tf.distribute.ReduceOp.MAX, value)
+        # tf.distribute has no MAX all-reduce: gather one value per replica and take the max.
+        value = tf.reduce_max(context.all_gather(tf.reshape(value, [1]), axis=0))
     return value
 
 
