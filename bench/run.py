@@ -1,0 +1,308 @@
+"""Benchmarks measured side by side in one run; results go to BENCHMARKS.md (``make bench``).
+
+Figures (ResNet50, ``weights=None``, on CPU):
+
+1. QAT train step / FP32 train step, 64x64 inputs, batch 32. FP32 and QAT rounds are interleaved (this machine's
+   step times jump between two levels), medians with their min-max spread.
+2. ``quantize_model(ResNet50)`` wall time (median of repeated runs after one warm-up).
+3. Export time of the QAT model (``keras_to_onnx``) / tf2onnx's own FP32 conversion of the same model
+   (``tf2onnx.convert.from_function``), interleaved, medians.
+4. ONNX Runtime latency of the FP32 ONNX vs the QDQ ONNX (CPU, 224x224 batch 1 and 64x64 batch 32), interleaved.
+5. Peak memory (max RSS) of a QAT fit vs an FP32 fit, each in its own process.
+
+    python -m bench.run [--quick] [--output BENCHMARKS.md] [--force]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import keras
+    import onnxruntime
+    import tensorflow as tf
+    import tf2onnx
+
+    return (
+        f"{platform.machine()}, {os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}, TensorFlow {tf.__version__}, Keras {keras.__version__}, "
+        f"tf2onnx {tf2onnx.__version__}, ONNX Runtime {onnxruntime.__version__}"
+    )
+
+
+def spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.3f} (min {min(values):.3f}, max {max(values):.3f}, n={len(values)})"
+
+
+def resnet(size: int):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    return keras.applications.ResNet50(weights=None, input_shape=(size, size, 3), classes=1000)
+
+
+def bench_train_step(rounds: int, steps: int) -> dict:
+    """Seconds per training step, FP32 and QAT interleaved round by round."""
+    import keras
+    import numpy as np
+
+    from custom_cases import ResNetV1QDQCase
+    from qdq_toolkit import quantize_model
+
+    fp32 = resnet(64)
+    qat = quantize_model(fp32, custom_qdq_cases=[ResNetV1QDQCase()])
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 64, 64, 3)).astype(np.float32)
+    y = rng.integers(0, 1000, size=32)
+    for model in (fp32, qat):
+        model.compile(keras.optimizers.SGD(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        for _ in range(3):  # trace and warm up
+            model.train_on_batch(x, y)
+    times = {"fp32": [], "qat": []}
+    for _ in range(rounds):
+        for name, model in (("fp32", fp32), ("qat", qat)):
+            start = time.perf_counter()
+            for _ in range(steps):
+                model.train_on_batch(x, y)
+            times[name].append((time.perf_counter() - start) / steps)
+    ratios = [q / f for q, f in zip(times["qat"], times["fp32"], strict=True)]
+    return {
+        "fp32_s": times["fp32"],
+        "qat_s": times["qat"],
+        "ratio_of_medians": statistics.median(times["qat"]) / statistics.median(times["fp32"]),
+        "ratio_per_round": ratios,
+    }
+
+
+def bench_quantize(repeats: int) -> dict:
+    from custom_cases import ResNetV1QDQCase
+    from qdq_toolkit import quantize_model
+
+    model = resnet(64)
+    quantize_model(model)  # warm-up: first Keras/TF calls
+    plain, with_case = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        quantize_model(model)
+        plain.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        quantize_model(model, custom_qdq_cases=[ResNetV1QDQCase()])
+        with_case.append(time.perf_counter() - start)
+    return {"default_s": plain, "resnet_case_s": with_case}
+
+
+def bench_export(repeats: int, workdir: Path) -> dict:
+    import tensorflow as tf
+    import tf2onnx
+
+    from custom_cases import ResNetV1QDQCase
+    from qdq_toolkit import quantize_model
+    from qdq_toolkit.export import keras_to_onnx
+
+    fp32 = resnet(64)
+    qat = quantize_model(fp32, custom_qdq_cases=[ResNetV1QDQCase()])
+
+    def tf2onnx_fp32(path: Path) -> None:
+        spec = (tf.TensorSpec((None, 64, 64, 3), tf.float32, name="input"),)
+        function = tf.function(lambda x: fp32(x, training=False), input_signature=spec)
+        tf2onnx.convert.from_function(function, input_signature=spec, opset=13, output_path=str(path))
+
+    ours, reference = [], []
+    for index in range(repeats + 1):  # the first round warms both paths up and is not counted
+        start = time.perf_counter()
+        tf2onnx_fp32(workdir / f"fp32_{index}.onnx")
+        ref_time = time.perf_counter() - start
+        start = time.perf_counter()
+        keras_to_onnx(qat, workdir / f"qat_{index}.onnx")
+        our_time = time.perf_counter() - start
+        if index:
+            reference.append(ref_time)
+            ours.append(our_time)
+    return {
+        "qat_export_s": ours,
+        "tf2onnx_fp32_s": reference,
+        "ratio_of_medians": statistics.median(ours) / statistics.median(reference),
+    }
+
+
+def bench_onnx_latency(workdir: Path, runs: int) -> dict:
+    import numpy as np
+    import onnxruntime as ort
+
+    from custom_cases import ResNetV1QDQCase
+    from qdq_toolkit import quantize_model
+    from qdq_toolkit.evaluate.latency import measure_latencies
+    from qdq_toolkit.export import keras_to_onnx
+
+    results = {}
+    for size, batch in ((224, 1), (64, 32)):
+        fp32 = resnet(size)
+        qat = quantize_model(fp32, custom_qdq_cases=[ResNetV1QDQCase()])
+        images = np.random.default_rng(0).normal(size=(batch, size, size, 3)).astype(np.float32)
+        qat.compile("sgd", "mse")
+        qat.predict(images[:1], verbose=0)
+        sessions = {}
+        for name, model in (("fp32", fp32), ("qdq", qat)):
+            path = keras_to_onnx(model, workdir / f"latency_{name}_{size}.onnx").path
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = os.cpu_count() or 1
+            sessions[name] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+        def predictor(session):
+            input_name = session.get_inputs()[0].name
+            return lambda x: session.run(None, {input_name: x})
+
+        stats = measure_latencies({name: predictor(s) for name, s in sessions.items()}, images, [batch], runs=runs)
+        results[f"{size}x{size} batch {batch}"] = {
+            name: {"median_ms": s[batch].median_ms, "p90_ms": s[batch].p90_ms} for name, s in stats.items()
+        }
+    return results
+
+
+MEMORY_SCRIPT = """
+import os, resource, sys
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import keras, numpy as np
+from bench.run import resnet
+from custom_cases import ResNetV1QDQCase
+from qdq_toolkit import quantize_model
+model = resnet(64)
+if sys.argv[1] == "qat":
+    model = quantize_model(model, custom_qdq_cases=[ResNetV1QDQCase()])
+model.compile(keras.optimizers.SGD(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+rng = np.random.default_rng(0)
+x = rng.normal(size=(256, 64, 64, 3)).astype(np.float32); y = rng.integers(0, 1000, size=256)
+model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def bench_memory() -> dict:
+    peaks = {}
+    for name in ("fp32", "qat", "fp32", "qat"):  # twice each, alternating
+        result = subprocess.run(
+            [sys.executable, "-c", MEMORY_SCRIPT, name],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            check=True,
+        )
+        peaks.setdefault(name, []).append(int(result.stdout.strip().splitlines()[-1]) / 1024)  # KiB -> MiB
+    return {
+        "fp32_peak_mib": peaks["fp32"],
+        "qat_peak_mib": peaks["qat"],
+        "ratio_of_medians": statistics.median(peaks["qat"]) / statistics.median(peaks["fp32"]),
+    }
+
+
+def render(results: dict, when: str, where: str, command: str) -> str:
+    train, quant, export, latency, memory = (
+        results[k] for k in ("train_step", "quantize_model", "export", "onnx_latency", "memory")
+    )
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Measured {when} on {where}.",
+        f"Command: `{command}` (all figures from this one run; raw numbers in `bench/results.json`).",
+        "",
+        "| figure | ours | target (DESIGN.md) | peers (DESIGN.md) |",
+        "|---|---|---|---|",
+        f"| QAT train step ÷ FP32 train step (ResNet50 64×64, batch 32) | **{train['ratio_of_medians']:.2f}** "
+        f"(per-round {min(train['ratio_per_round']):.2f}–{max(train['ratio_per_round']):.2f}) | ≤ 1.25 | NVIDIA 1.44, TFMOT 4.20 |",
+        f"| `quantize_model(ResNet50)` | **{statistics.median(quant['default_s']):.2f} s** "
+        f"(with ResNetV1QDQCase {statistics.median(quant['resnet_case_s']):.2f} s) | ≤ 1.0 s | NVIDIA 1.6 s, TFMOT 4.3 s |",
+        f"| export time ÷ tf2onnx FP32 conversion | **{export['ratio_of_medians']:.2f}** "
+        f"({statistics.median(export['qat_export_s']):.2f} s vs {statistics.median(export['tf2onnx_fp32_s']):.2f} s) "
+        "| ≤ 1.1 | NVIDIA 1.23, TFMOT 1.62 |",
+        f"| peak RSS of a QAT fit ÷ FP32 fit | **{memory['ratio_of_medians']:.2f}** "
+        f"({statistics.median(memory['qat_peak_mib']):.0f} MiB vs {statistics.median(memory['fp32_peak_mib']):.0f} MiB) | — | — |",
+        "",
+        "Step times (s, median with min–max over interleaved rounds): "
+        f"FP32 {spread(train['fp32_s'])}; QAT {spread(train['qat_s'])}.",
+        "",
+        "## ONNX Runtime latency, CPU (ms per batch, median / p90, interleaved)",
+        "",
+        "| input | FP32 ONNX | QDQ ONNX | QDQ ÷ FP32 |",
+        "|---|---|---|---|",
+    ]
+    for key, row in latency.items():
+        lines.append(
+            f"| {key} | {row['fp32']['median_ms']:.1f} / {row['fp32']['p90_ms']:.1f} | "
+            f"{row['qdq']['median_ms']:.1f} / {row['qdq']['p90_ms']:.1f} | "
+            f"{row['qdq']['median_ms'] / row['fp32']['median_ms']:.2f} |"
+        )
+    lines += [
+        "",
+        "ONNX Runtime on CPU does not fuse TensorRT-style QDQ graphs (no Q on convolution outputs) into integer",
+        "kernels: it runs the Q/DQ pairs as extra float work, so the QDQ model is slower there. It is a numerical",
+        "reference for the TensorRT engine, not the deployment target; INT8 speed-ups need TensorRT on a GPU.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run, not for the record)")
+    parser.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"))
+    parser.add_argument("--force", action="store_true", help="overwrite an existing output (make bench passes it)")
+    args = parser.parse_args(argv)
+    output = Path(args.output)
+    if output.exists() and not args.force:
+        print(f"error: {output} exists; pass --force to overwrite it", file=sys.stderr)
+        return 1
+    rounds, steps, repeats, runs = (2, 2, 2, 5) if args.quick else (7, 5, 5, 30)
+    command = "make bench" + (" (--quick)" if args.quick else "")
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        print("train step ...", file=sys.stderr, flush=True)
+        results["train_step"] = bench_train_step(rounds, steps)
+        print("quantize_model ...", file=sys.stderr, flush=True)
+        results["quantize_model"] = bench_quantize(repeats)
+        print("export ...", file=sys.stderr, flush=True)
+        results["export"] = bench_export(repeats, workdir)
+        print("ONNX Runtime latency ...", file=sys.stderr, flush=True)
+        results["onnx_latency"] = bench_onnx_latency(workdir, runs)
+        print("memory ...", file=sys.stderr, flush=True)
+        results["memory"] = bench_memory()
+    when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    text = render(results, when, machine(), command)
+    from qdq_toolkit.export.onnx import write_bytes_atomically
+
+    write_bytes_atomically(output, text.encode(), force=True)
+    write_bytes_atomically(
+        ROOT / "bench" / "results.json",
+        json.dumps({"date": when, "machine": machine(), "results": results}, indent=2).encode(),
+        force=True,
+    )
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
