@@ -146,20 +146,15 @@ class QDQWrapper(keras.layers.Wrapper):
             return x
         amax_var, steps_var = self._ranges[slot]
         if training and self.activation_range.method != "fixed":
-            observed = quantizers.batch_amax(x)
-            amax = quantizers.updated_amax(amax_var, steps_var, observed, self.activation_range)
-            amax_var.assign(amax)
-            steps_var.assign(steps_var + 1.0)
-        else:
-            amax = amax_var
-        return quantizers.qdq_per_tensor(x, amax)
+            return quantizers.qdq_tracked(x, amax_var, steps_var, self.activation_range)
+        return quantizers.qdq_per_tensor(x, amax_var)
 
-    def quantized_kernel(self, name: str):
+    def quantized_kernel(self, name: str, training=None):
         """The kernel attribute ``name`` of the wrapped layer, with per-channel QDQ when weights are quantized."""
         kernel = getattr(self.layer, name)
         if not self.quantize_weights or self._observer is not None:
             return kernel
-        return quantizers.qdq_per_channel(kernel, self.kernel_axes[name])
+        return quantizers.qdq_per_channel(kernel, self.kernel_axes[name], training=bool(training))
 
     def call(self, inputs, training=None, **kwargs):
         if self.multi_input:
@@ -222,7 +217,7 @@ class ConvQDQWrapper(QDQWrapper):
     kernel_axes = MappingProxyType({"kernel": -1})
 
     def quantized_call(self, inputs, training=None, **kwargs):
-        outputs = self.layer.convolution_op(inputs, self.quantized_kernel("kernel"))
+        outputs = self.layer.convolution_op(inputs, self.quantized_kernel("kernel", training))
         return self.bias_and_activation(outputs, self.layer.filters)
 
 
@@ -240,7 +235,7 @@ class DenseQDQWrapper(QDQWrapper):
     kernel_axes = MappingProxyType({"kernel": -1})
 
     def quantized_call(self, inputs, training=None, **kwargs):
-        outputs = ops.matmul(inputs, self.quantized_kernel("kernel"))
+        outputs = ops.matmul(inputs, self.quantized_kernel("kernel", training))
         return self.bias_and_activation(outputs, self.layer.units)
 
 
@@ -262,7 +257,7 @@ class DepthwiseConvQDQWrapper(QDQWrapper):
         layer = self.layer
         outputs = ops.depthwise_conv(
             inputs,
-            self.quantized_kernel("kernel"),
+            self.quantized_kernel("kernel", training),
             strides=layer.strides,
             padding=layer.padding,
             dilation_rate=layer.dilation_rate,
@@ -296,7 +291,7 @@ class SeparableConvQDQWrapper(QDQWrapper):
         layer = self.layer
         depthwise = ops.depthwise_conv(
             inputs,
-            self.quantized_kernel("depthwise_kernel"),
+            self.quantized_kernel("depthwise_kernel", training),
             strides=layer.strides,
             padding=layer.padding,
             dilation_rate=layer.dilation_rate,
@@ -306,7 +301,7 @@ class SeparableConvQDQWrapper(QDQWrapper):
             depthwise = self.quantize_activation("pointwise_input", depthwise, training)
         outputs = ops.conv(
             depthwise,
-            self.quantized_kernel("pointwise_kernel"),
+            self.quantized_kernel("pointwise_kernel", training),
             strides=1,
             padding="valid",
             data_format=layer.data_format,
@@ -331,7 +326,7 @@ class ConvTransposeQDQWrapper(QDQWrapper):
         layer = self.layer
         outputs = ops.conv_transpose(
             inputs,
-            self.quantized_kernel("kernel"),
+            self.quantized_kernel("kernel", training),
             strides=list(layer.strides),
             padding=layer.padding,
             output_padding=layer.output_padding,

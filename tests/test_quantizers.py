@@ -106,3 +106,31 @@ def test_range_tracking_rejects_bad_settings():
         RangeTracking("ema", decay=1.0)
     with pytest.raises(TypeError, match="activation_range"):
         RangeTracking.from_config(3)
+
+
+def test_training_weight_path_is_bit_identical_to_the_exported_op():
+    rng = np.random.default_rng(5)
+    for shape, axis in (((3, 3, 16, 32), -1), ((5, 7), 1), ((3, 3, 8, 2), 2)):
+        kernel = tf.constant((rng.normal(size=shape) * rng.uniform(0.01, 10, size=shape[axis]).reshape(
+            [-1 if i == axis % len(shape) else 1 for i in range(len(shape))])).astype(np.float32))
+        exported = quantizers.qdq_per_channel(kernel, axis, training=False).numpy()
+        trained = quantizers.qdq_per_channel(kernel, axis, training=True).numpy()
+        np.testing.assert_array_equal(trained, exported)
+    variable = tf.Variable(kernel)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(quantizers.qdq_per_channel(variable, 2, training=True) * 3.0)
+    np.testing.assert_array_equal(tape.gradient(loss, variable).numpy(), np.full(kernel.shape, 3.0, np.float32))
+
+
+def test_training_quantizes_with_the_range_so_far_then_updates_it():
+    amax, steps = tf.Variable(1.0), tf.Variable(0.0)
+    step = tf.function(lambda x: quantizers.qdq_tracked(x, amax, steps, RangeTracking("max")))
+    x = tf.constant([0.5, -3.0, 2.0])
+    # never observed: the first step uses its own batch's max
+    np.testing.assert_allclose(step(x).numpy(), reference_qdq(x.numpy(), 3.0), atol=1e-6)
+    assert float(amax.numpy()) == 3.0 and float(steps.numpy()) == 1.0
+    # afterwards each step uses the range tracked up to the previous step (here 3.0, clipping the 5.0)...
+    wide = tf.constant([5.0, -1.0, 0.25])
+    np.testing.assert_allclose(step(wide).numpy(), reference_qdq(wide.numpy(), 3.0), atol=1e-6)
+    # ...and the stored range includes this step's batch
+    assert float(amax.numpy()) == 5.0 and float(steps.numpy()) == 2.0
