@@ -1,0 +1,232 @@
+"""Pattern rules: functions that find a TensorRT fusion pattern in a Keras model and return its QDQ placements.
+
+Every rule has the signature of :meth:`CustomQDQInsertionCase.case`, ``rule(keras_model, qspec)``, and returns a
+new :class:`~qdq_toolkit.spec.QuantizationSpec` holding one entry per layer it selects. Entries are named by the
+layer's path from :func:`~qdq_toolkit.cases.iter_layers` (``"block/add"`` for a layer of a nested model), which is
+how ``quantize_model`` matches names. A rule never modifies the model or ``qspec`` (the user's spec), and it leaves
+out every layer the user's spec decides (see :func:`user_decides`), so a user entry is never overridden even when
+the returned spec is used on its own.
+
+Layers are selected by *exact* class (``type(layer) is keras.layers.Add``), as the wrapper registry looks wrappers
+up: a subclass may compute something else and has no wrapper unless the user registers one.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from qdq_toolkit.cases import LayerRef, inbound_layers, iter_layers, match_chain, outbound_layers
+from qdq_toolkit.spec import QuantizationSpec
+
+L = keras.layers
+
+#: Layers TensorRT runs as a convolution, whose epilogue can absorb a BatchNorm, an activation and an Add.
+CONV_CLASSES: tuple[type, ...] = (
+    L.Conv1D,
+    L.Conv2D,
+    L.Conv3D,
+    L.DepthwiseConv1D,
+    L.DepthwiseConv2D,
+    L.SeparableConv1D,
+    L.SeparableConv2D,
+    L.Conv1DTranspose,
+    L.Conv2DTranspose,
+    L.Conv3DTranspose,
+)
+#: Activations that may end a convolution branch (fused into the convolution's epilogue).
+ACTIVATION_CLASSES: tuple[type, ...] = (L.Activation, L.ReLU)
+#: Layers that are the identity at inference: they vanish from the exported graph, so they never block a fusion.
+INFERENCE_IDENTITY_CLASSES: tuple[type, ...] = (L.Dropout, L.GaussianDropout, L.AlphaDropout, L.GaussianNoise, L.Identity)
+MAX_POOLING_CLASSES: tuple[type, ...] = (L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D)
+GLOBAL_AVERAGE_POOLING_CLASSES: tuple[type, ...] = (
+    L.GlobalAveragePooling1D,
+    L.GlobalAveragePooling2D,
+    L.GlobalAveragePooling3D,
+)
+#: How many layers a squeeze-excite gate may have between its global pooling and the Multiply.
+MAX_SQUEEZE_EXCITE_GATE_LENGTH = 8
+
+
+# ---------------------------------------------------------------------------------------------- graph predicates
+def user_decides(ref: LayerRef, qspec: QuantizationSpec | None) -> bool:
+    """True when the user's spec has an entry for this layer: by path, by bare name, or by class.
+
+    ``quantize_model`` applies the user's spec above every case anyway; a case that also skips these layers keeps
+    its own output honest (it never claims a placement the user has decided otherwise).
+    """
+    if qspec is None:
+        return False
+    by_name = any(qspec.get(name) is not None for name in (ref.path, ref.layer.name))
+    return by_name or qspec.get(type(ref.layer).__name__, is_keras_class=True) is not None
+
+
+def _feeds_one_layer(layer: keras.layers.Layer) -> bool:
+    return len(outbound_layers(layer)) == 1
+
+
+def _single_producer(layer: keras.layers.Layer) -> keras.layers.Layer | None:
+    producers = inbound_layers(layer)
+    return producers[0] if len(producers) == 1 else None
+
+
+def fused_convolution(producer: keras.layers.Layer | None) -> keras.layers.Layer | None:
+    """The convolution TensorRT can fuse an ``Add`` into when one Add input is ``producer``'s output, else None.
+
+    TensorRT rule: a convolution kernel's epilogue applies its bias, a BatchNorm folded into it and its activation,
+    and can add one other tensor (the residual). So the Add input must come from a *convolution branch*, read
+    backwards from the Add (the chains NVIDIA's toolkit treats as fusable, with ReLU and Dropout-like layers)::
+
+        Conv [-> BatchNormalization] [-> Activation | ReLU] [-> Dropout-like layer]
+
+    (each part in brackets optional; Dropout-like layers are the identity at inference), where every layer feeds
+    only the next one and the last one feeds only the Add: a tensor that is also read elsewhere must be written to
+    memory, so it cannot be fused away.
+    """
+    layer = producer
+    for optional in (INFERENCE_IDENTITY_CLASSES, ACTIVATION_CLASSES, (L.BatchNormalization,)):
+        if isinstance(layer, optional):
+            if not _feeds_one_layer(layer):
+                return None
+            layer = _single_producer(layer)
+    if isinstance(layer, CONV_CLASSES) and _feeds_one_layer(layer):
+        return layer
+    return None
+
+
+def follows_convolution(batch_norm: keras.layers.Layer) -> bool:
+    """True when ``batch_norm`` reads a convolution that feeds only it: TensorRT folds it into that convolution."""
+    return match_chain(batch_norm, [CONV_CLASSES, L.BatchNormalization])
+
+
+def is_squeeze_excite(multiply: keras.layers.Layer) -> bool:
+    """True when ``multiply`` is the excitation of a squeeze-excite block: ``x * gate(GlobalAveragePooling(x))``.
+
+    One input (the gate) must lead back, through single-input layers (Reshape, Conv/Dense, activations...), to a
+    global average pooling whose input is the other Multiply input.
+    """
+    producers = inbound_layers(multiply)
+    if len(producers) != 2:
+        return False
+    for gate, features in (producers, producers[::-1]):
+        layer = gate
+        for _ in range(MAX_SQUEEZE_EXCITE_GATE_LENGTH):
+            if layer is None:
+                break
+            if isinstance(layer, GLOBAL_AVERAGE_POOLING_CLASSES):
+                if _single_producer(layer) is features:
+                    return True
+                break
+            layer = _single_producer(layer)
+    return False
+
+
+def depth_from_inputs(layer: keras.layers.Layer, cache: dict[int, int] | None = None) -> int:
+    """The number of layers on the longest path from a model input to ``layer`` (an input layer has depth 0).
+
+    Inside a nested model the path starts at that model's own inputs. ``cache`` (``{id(layer): depth}``) may be
+    shared between calls on one model to walk each layer once.
+    """
+    depths = {} if cache is None else cache
+    stack = [layer]
+    while stack:  # iterative depth-first walk: deep networks would exceed Python's recursion limit
+        current = stack[-1]
+        if id(current) in depths:
+            stack.pop()
+            continue
+        producers = [p for p in inbound_layers(current) if p is not None]
+        pending = [p for p in producers if id(p) not in depths]
+        if pending:
+            stack.extend(pending)
+            continue
+        depths[id(current)] = 1 + max((depths[id(p)] for p in producers), default=-1)
+        stack.pop()
+    return depths[id(layer)]
+
+
+def residual_input_indices(add: keras.layers.Layer, depth_cache: dict[int, int] | None = None) -> list[int]:
+    """The inputs of ``add`` that get QDQ under the residual rule (see :func:`residual_qdq_spec`).
+
+    Args:
+        add: an ``Add`` layer that is part of a model graph.
+        depth_cache: shared between calls on one model so graph depths are computed once (optional).
+    """
+    producers = inbound_layers(add)
+    fusable = {index: conv for index, p in enumerate(producers) if (conv := fused_convolution(p)) is not None}
+    if not fusable:
+        return list(range(len(producers)))
+    cache = {} if depth_cache is None else depth_cache
+    fused = max(fusable, key=lambda index: (depth_from_inputs(fusable[index], cache), index))
+    return [index for index in range(len(producers)) if index != fused]
+
+
+# ------------------------------------------------------------------------------------------------------- rules
+def residual_qdq_spec(keras_model: keras.Model, qspec: QuantizationSpec | None = None) -> QuantizationSpec:
+    """QDQ on the inputs of every ``Add`` except the one convolution branch TensorRT fuses the Add into.
+
+    TensorRT rule: ``Add(conv_branch, shortcut)`` runs as one INT8 convolution kernel that adds the shortcut in
+    its epilogue; it reads the shortcut's scale from the QDQ on it. QDQ on the convolution branch as well would
+    force the convolution to write its output to memory and block that fusion. Hence, per Add:
+
+    * one input is a convolution branch (see :func:`fused_convolution`): quantize all other inputs;
+    * several are (ResNet v1 with a projection shortcut ``Conv -> BN``, ResNet v2's ``Conv`` shortcut): the
+      epilogue adds one tensor only, so one branch is fused and the others get QDQ. The fused one is the
+      *deepest*, the one with the longest path from the model input (the main branch; ties: the later input).
+      The shortcut is ready first and is read as the int8 residual, as in the TensorRT guide's "quantize the
+      residual input" and NVIDIA's PyTorch ResNet (``residual_quantizer`` on the downsampled identity);
+    * none is (both inputs are shared tensors, e.g. two block outputs): there is no fusion to protect, so every
+      input is quantized and the Add runs in INT8.
+
+    Adds with more than two inputs follow the same rule: at most one input is left without QDQ.
+    """
+    spec = QuantizationSpec()
+    depth_cache: dict[int, int] = {}
+    for ref in iter_layers(keras_model):
+        if type(ref.layer) is not L.Add or user_decides(ref, qspec):
+            continue
+        indices = residual_input_indices(ref.layer, depth_cache)
+        spec.add(ref.path, quantize_input=True, quantize_weight=False, quantization_index=indices)
+    return spec
+
+
+def batchnorm_qdq_spec(keras_model: keras.Model, qspec: QuantizationSpec | None = None) -> QuantizationSpec:
+    """QDQ on the input of every ``BatchNormalization`` that does not follow a convolution it folds into.
+
+    TensorRT rule: a BatchNorm right after a convolution is folded into its weights and must not be quantized. A
+    BatchNorm after an Add, a pooling or a model input (ResNet v2's pre-activation ``BN -> ReLU -> Conv``) stays a
+    Scale layer; with its input quantized it runs in INT8 instead of switching the tensor back to float.
+    """
+    spec = QuantizationSpec()
+    for ref in iter_layers(keras_model):
+        if type(ref.layer) is L.BatchNormalization and not user_decides(ref, qspec) and not follows_convolution(ref.layer):
+            spec.add(ref.path, quantize_input=True, quantize_weight=False)
+    return spec
+
+
+def maxpool_qdq_spec(keras_model: keras.Model, qspec: QuantizationSpec | None = None) -> QuantizationSpec:
+    """QDQ on the input of every ``MaxPooling1D/2D/3D``.
+
+    TensorRT rule: a max pooling whose output meets other quantized tensors (ResNet v2's pooled shortcut entering
+    a quantized Add, Inception's pooled branch entering a Concatenate next to convolution branches) must itself run
+    in INT8, so that every input of the Add or Concatenate is int8 and TensorRT can fuse it (for a Concatenate,
+    write the branches into one int8 buffer) instead of converting back to float.
+    """
+    spec = QuantizationSpec()
+    for ref in iter_layers(keras_model):
+        if type(ref.layer) in MAX_POOLING_CLASSES and not user_decides(ref, qspec):
+            spec.add(ref.path, quantize_input=True, quantize_weight=False)
+    return spec
+
+
+def squeeze_excite_qdq_spec(keras_model: keras.Model, qspec: QuantizationSpec | None = None) -> QuantizationSpec:
+    """QDQ on both inputs of every squeeze-excite ``Multiply`` (see :func:`is_squeeze_excite`).
+
+    TensorRT rule: an element-wise product runs in INT8 only when all of its inputs are quantized; in EfficientNet
+    the features and the sigmoid gate are both quantized so the excitation stays in INT8 between the depthwise and
+    the projection convolutions. Other Multiply layers (e.g. a swish written as ``x * sigmoid(x)``, which TensorRT
+    fuses into the convolution as an activation) are left alone.
+    """
+    spec = QuantizationSpec()
+    for ref in iter_layers(keras_model):
+        if type(ref.layer) is L.Multiply and not user_decides(ref, qspec) and is_squeeze_excite(ref.layer):
+            spec.add(ref.path, quantize_input=True, quantize_weight=False, quantization_index=[0, 1])
+    return spec
