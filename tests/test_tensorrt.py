@@ -255,10 +255,11 @@ def test_profile_batch_range(batch_sizes, expected):
 
 
 def test_engine_writer_is_atomic_and_never_overwrites_without_force(tmp_path):
-    # build_engine's last step, exercised directly because it needs no GPU.
-    from qdq_toolkit.export.tensorrt import _write_atomically
+    # build_engine's last step (the toolkit's shared writer), exercised directly because it needs no GPU.
+    from qdq_toolkit._files import write_atomically as _write_atomically
 
     target = tmp_path / "sub" / "model.engine"
+    target.parent.mkdir()
     _write_atomically(target, memoryview(b"first"), force=False)
     assert target.read_bytes() == b"first"
     with pytest.raises(FileExistsError, match="--force"):

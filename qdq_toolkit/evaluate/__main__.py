@@ -16,6 +16,7 @@ from typing import Any
 # Before anything imports TensorFlow: keep its C++ start-up chatter out of the report.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from qdq_toolkit._cli import CliError, native_stderr_silenced
 from qdq_toolkit.evaluate._progress import progress_wanted  # noqa: E402
 from qdq_toolkit.evaluate.backends import check_model_path  # noqa: E402
 from qdq_toolkit.evaluate.evaluator import (  # noqa: E402
@@ -72,10 +73,6 @@ exit codes:
   {EXIT_USAGE}    usage error: invalid or inconsistent options
   {EXIT_NOTHING_EVALUATED}    no model could be evaluated here (every model was a skipped TensorRT engine); nothing written
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C); output files are only ever complete or absent"""
-
-
-class CliError(Exception):
-    """A problem with the user's input; printed as one line, exit code 1."""
 
 
 def _positive_int(text: str) -> int:
@@ -400,7 +397,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _write_bytes(path: Path, data: bytes | None, *, force: bool) -> Path:
-    from qdq_toolkit.evaluate.report import write_atomically
+    from qdq_toolkit._files import write_atomically
 
     return write_atomically(path, data or b"", force=force)
 
@@ -418,7 +415,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _check_usage(parser, args)
     try:
-        return run(args)
+        with native_stderr_silenced(not args.traceback):
+            return run(args)
     except KeyboardInterrupt:
         print("error: interrupted; no partial output file was left", file=sys.stderr)
         return EXIT_INTERRUPTED

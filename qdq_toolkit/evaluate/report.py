@@ -15,7 +15,6 @@ import io
 import json
 import math
 import os
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,8 @@ __all__ = [
     "write_atomically",
 ]
 
+from qdq_toolkit._files import write_atomically  # noqa: E402 - re-exported
+
 REPORT_FORMAT = "qdq_toolkit.evaluate/1"
 """The ``format`` field of the JSON report; bumped when its layout changes incompatibly."""
 
@@ -47,56 +48,6 @@ _KIND_MARKERS = {"keras": "o", "onnxruntime": "s", "tensorrt": "^"}
 # --------------------------------------------------------------------------------------------------------------
 # Writing files
 # --------------------------------------------------------------------------------------------------------------
-
-
-def _exists_message(target: Path) -> str:
-    return f"{target} already exists; pass --force (force=True) to overwrite it, or choose another path"
-
-
-def write_atomically(path: str | os.PathLike[str], data: bytes | str, *, force: bool = False) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same directory, then rename it into place.
-
-    A reader never sees a half-written file, and an interrupted write leaves no partial file behind. Without
-    ``force`` an existing file is never replaced, even one created while this function runs.
-
-    Returns:
-        The path written.
-
-    Raises:
-        FileExistsError: ``path`` exists and ``force`` is false.
-        IsADirectoryError: ``path`` is a directory.
-        FileNotFoundError: the parent directory does not exist.
-    """
-    target = Path(path).expanduser()
-    if target.is_dir():
-        raise IsADirectoryError(f"{target} is a directory; give a file path for the report")
-    if target.exists() and not force:
-        raise FileExistsError(_exists_message(target))
-    parent = target.parent
-    if not parent.is_dir():
-        raise FileNotFoundError(f"directory {parent} does not exist; create it first or choose another path")
-    payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
-    temporary = parent / f".{target.name}.{secrets.token_hex(4)}.tmp"
-    try:
-        with open(temporary, "xb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if force:
-            os.replace(temporary, target)
-        else:
-            try:
-                os.link(temporary, target)  # fails if the target appeared meanwhile: never overwrite
-            except FileExistsError:
-                raise FileExistsError(_exists_message(target)) from None
-            except OSError:  # no hard links on this file system: check, then rename
-                if target.exists():
-                    raise FileExistsError(_exists_message(target)) from None
-                os.replace(temporary, target)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
-    return target
 
 
 def format_size(size: int | None) -> str:

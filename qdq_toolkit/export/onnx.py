@@ -30,6 +30,7 @@ from pathlib import Path
 import onnx
 from onnx import helper, numpy_helper
 
+from qdq_toolkit._files import check_output_path, write_atomically
 from qdq_toolkit.export.checks import Violation, check_qdq_placement
 
 DEFAULT_OPSET = 13
@@ -63,44 +64,6 @@ class ExportResult:
 def _say(progress: Progress | None, message: str) -> None:
     if progress is not None:
         progress(message)
-
-
-def check_output_path(path: str | os.PathLike, force: bool) -> Path:
-    """The output path, after refusing to overwrite an existing file (or anything that is a directory)."""
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"Output '{path}' is a directory; give a file path such as '{path / 'model.onnx'}'.")
-    if path.exists() and not force:
-        raise FileExistsError(f"Output '{path}' already exists; pass force=True (--force on the command line) to overwrite it.")
-    if not path.parent.exists():
-        raise FileNotFoundError(f"The directory of output '{path}' does not exist; create '{path.parent}' first.")
-    return path
-
-
-def write_bytes_atomically(path: Path, data: bytes, force: bool) -> None:
-    """Write ``data`` to a temporary file next to ``path`` and move it into place.
-
-    Without ``force`` the final step is a hard link, which fails if ``path`` appeared in the meantime, so an
-    existing file is never replaced; an interruption leaves no partial file behind.
-    """
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if force:
-            os.replace(temp, path)
-        else:
-            try:
-                os.link(temp, path)
-            except FileExistsError:
-                raise FileExistsError(
-                    f"Output '{path}' appeared while exporting; pass force=True (--force) to overwrite it."
-                ) from None
-    finally:
-        if os.path.exists(temp):
-            os.unlink(temp)
 
 
 # --------------------------------------------------------------------------------------------- TensorFlow side
@@ -522,7 +485,7 @@ def finalize(model: onnx.ModelProto, output_names: Sequence[str], fp16: bool) ->
 def _write(model: onnx.ModelProto, path: Path, opset: int, fp16: bool, inputs, outputs, force, progress) -> ExportResult:
     violations = check_qdq_placement(model)
     _say(progress, f"writing {path}")
-    write_bytes_atomically(path, model.SerializeToString(), force)
+    write_atomically(path, model.SerializeToString(), force=force)
     counts = {op: sum(node.op_type == op for node in model.graph.node) for op in ("QuantizeLinear", "DequantizeLinear")}
     return ExportResult(
         path=path,

@@ -32,7 +32,6 @@ import contextlib
 import ctypes.util
 import math
 import os
-import secrets
 import sys
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -41,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from qdq_toolkit._files import write_atomically
 
 __all__ = [
     "INSTALL_COMMAND",
@@ -457,41 +458,6 @@ def _add_batch_profile(
         report(message)
 
 
-def _temporary_sibling(target: Path) -> Path:
-    return target.with_name(f".{target.name}.{secrets.token_hex(6)}.partial")
-
-
-def _write_atomically(target: Path, data: memoryview, *, force: bool) -> None:
-    """Write ``data`` to a temporary file next to ``target``, then move it into place in one step.
-
-    Without ``force`` the move uses a hard link, which fails atomically if ``target`` appeared meanwhile.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = _temporary_sibling(target)
-    try:
-        with open(temporary, "xb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if force:
-            os.replace(temporary, target)
-            return
-        try:
-            os.link(temporary, target)
-        except FileExistsError:
-            raise FileExistsError(_exists_message(target)) from None
-        except OSError:  # the file system has no hard links: check, then rename
-            if target.exists():
-                raise FileExistsError(_exists_message(target)) from None
-            os.replace(temporary, target)
-            return
-        temporary.unlink()
-    except BaseException:
-        with contextlib.suppress(OSError):
-            temporary.unlink()
-        raise
-
-
 def build_engine(
     onnx_path: str | os.PathLike[str],
     engine_path: str | os.PathLike[str],
@@ -601,7 +567,8 @@ def build_engine(
         raise TensorRTError(f"TensorRT returned an empty engine for {onnx_file}")
 
     report(f"writing {target} ({data.nbytes / 2**20:.1f} MiB)")
-    _write_atomically(target, data, force=force)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(target, data, force=force)
     return target
 
 
