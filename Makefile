@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m examples.resnet50.workflow --cpu
+	$(BIN)/python -m examples.resnet50.workflow --cpu --force
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

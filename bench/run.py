@@ -292,10 +292,10 @@ def main(argv: list[str] | None = None) -> int:
         results["memory"] = bench_memory()
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     text = render(results, when, machine(), command)
-    from qdq_toolkit.export.onnx import write_bytes_atomically
+    from qdq_toolkit._files import write_atomically
 
-    write_bytes_atomically(output, text.encode(), force=True)
-    write_bytes_atomically(
+    write_atomically(output, text.encode(), force=True)
+    write_atomically(
         ROOT / "bench" / "results.json",
         json.dumps({"date": when, "machine": machine(), "results": results}, indent=2).encode(),
         force=True,
