@@ -229,3 +229,10 @@ def test_bad_inputs(tmp_path, trained):
     with pytest.raises(FileNotFoundError, match="create"):
         keras_to_onnx(trained.qat_model, tmp_path / "no" / "dir" / "a.onnx")
     assert ExportError.__mro__[1] is RuntimeError
+
+
+def test_exporting_the_same_model_twice_gives_identical_bytes(trained, tmp_path):
+    first = keras_to_onnx(trained.qat_model, tmp_path / "first.onnx").path.read_bytes()
+    keras_to_onnx(trained.fp32_model, tmp_path / "other.onnx")  # another conversion in between
+    second = keras_to_onnx(trained.qat_model, tmp_path / "second.onnx").path.read_bytes()
+    assert first == second

@@ -21,6 +21,7 @@ Files are written atomically (temporary file + rename) and never overwrite an ex
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
@@ -137,8 +138,12 @@ def _convert(concrete_function, opset: int, progress: Progress | None) -> onnx.M
     """Freeze ``concrete_function`` and convert it with tf2onnx, keeping weight Q/DQ pairs."""
     import tensorflow as tf
     from tf2onnx import optimizer, tf_loader
+    from tf2onnx import utils as tf2onnx_utils
     from tf2onnx.convert import _convert_common, tensor_names_from_structed
 
+    # tf2onnx names the nodes it creates from a process-wide counter; start it afresh so that exporting the same
+    # model twice (in one process or two) gives byte-identical files.
+    tf2onnx_utils.INTERNAL_NAME = 1
     input_names = [t.name for t in concrete_function.inputs if t.dtype != tf.resource]
     output_names = [t.name for t in concrete_function.outputs if t.dtype != tf.resource]
     _say(progress, "freezing the TensorFlow graph")
@@ -153,7 +158,7 @@ def _convert(concrete_function, opset: int, progress: Progress | None) -> onnx.M
         try:
             model, _ = _convert_common(
                 frozen,
-                name=concrete_function.name,
+                name="qdq_toolkit",
                 continue_on_error=False,
                 opset=opset,
                 input_names=input_names,
@@ -461,6 +466,36 @@ def _remove_cast_round_trips(graph: onnx.GraphProto) -> None:
             graph.node.remove(node)
 
 
+_GENERATED_ID = re.compile(r"__(\d+)")
+
+
+def canonicalize_generated_names(model: onnx.ModelProto) -> None:
+    """Renumber the ``name__123`` suffixes tf2onnx generates, in order of first appearance in the graph.
+
+    tf2onnx merges duplicate constants (e.g. identical zero points) and which duplicate survives can change from
+    one conversion to the next; renumbering makes two exports of the same model byte-identical.
+    """
+    graph = model.graph
+    numbers: dict[str, str] = {}
+    keep = {value.name for value in [*graph.input, *graph.output]}  # the model's own input/output names
+
+    def renumber(match: re.Match) -> str:
+        return "__" + numbers.setdefault(match.group(1), str(len(numbers) + 1))
+
+    def rename(name: str) -> str:
+        return _GENERATED_ID.sub(renumber, name) if name and name not in keep else name
+
+    for node in graph.node:
+        node.input[:] = [rename(name) for name in node.input]
+        node.output[:] = [rename(name) for name in node.output]
+        node.name = rename(node.name)
+    for tensor in [*graph.initializer, *graph.value_info]:
+        tensor.name = rename(tensor.name)
+    ordered = sorted(graph.initializer, key=lambda init: init.name)
+    del graph.initializer[:]
+    graph.initializer.extend(ordered)
+
+
 def finalize(model: onnx.ModelProto, output_names: Sequence[str], fp16: bool) -> onnx.ModelProto:
     """Clean-ups and validity checks shared by every export path."""
     leftover = _find_tensorflow_ops(model)
@@ -474,6 +509,7 @@ def finalize(model: onnx.ModelProto, output_names: Sequence[str], fp16: bool) ->
     _rename_io(model, output_names)
     if fp16:
         model = convert_to_fp16(model)
+    canonicalize_generated_names(model)
     model.producer_name = "qdq_toolkit"
     try:
         onnx.checker.check_model(model)
