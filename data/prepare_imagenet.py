@@ -441,6 +441,7 @@ def run_jobs(
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog="python data/prepare_imagenet.py",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,

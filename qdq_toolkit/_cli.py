@@ -26,13 +26,16 @@ def progress_printer(quiet: bool) -> Callable[[str], None]:
 
 
 @contextlib.contextmanager
-def native_stderr_silenced(enabled: bool = True) -> Iterator[None]:
+def native_stderr_silenced(
+    enabled: bool = True, user_errors: tuple[type[BaseException], ...] = (CliError,)
+) -> Iterator[None]:
     """Hide what native libraries write straight to file descriptor 2 while Python's ``sys.stderr`` still works.
 
     TensorFlow 2.19+ logs through absl before its log level is read (``TF_CPP_MIN_LOG_LEVEL`` cannot hide the
     oneDNN / CUDA-driver lines), which buries a CLI's one-line messages. Inside this context, fd 2 points to a
     temporary file and ``sys.stderr`` to a duplicate of the real stderr. If the body raises something other than a
-    user error, the captured native output is printed so nothing needed for a bug report is lost.
+    user error (``user_errors``, Ctrl-C, ``SystemExit``), the captured native output is printed so nothing needed
+    for a bug report is lost.
     """
     if not enabled:
         yield
@@ -45,7 +48,7 @@ def native_stderr_silenced(enabled: bool = True) -> Iterator[None]:
         sys.stderr = os.fdopen(os.dup(real_fd), "w", buffering=1)
         try:
             yield
-        except (CliError, KeyboardInterrupt, SystemExit):
+        except (KeyboardInterrupt, SystemExit, *user_errors):
             raise
         except BaseException:
             sink.seek(0)

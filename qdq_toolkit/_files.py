@@ -18,7 +18,8 @@ def exists_message(target: Path) -> str:
 
 
 def check_output_path(path: str | os.PathLike, force: bool) -> Path:
-    """The output path, after refusing an existing file (without ``force``), a directory, or a missing parent."""
+    """The output path, after refusing an existing file (without ``force``), a directory, a missing parent, or a
+    parent this process may not write in."""
     target = Path(path).expanduser()
     if target.is_dir():
         raise IsADirectoryError(f"{target} is a directory; give a file path such as {target / 'model.onnx'}")
@@ -26,6 +27,10 @@ def check_output_path(path: str | os.PathLike, force: bool) -> Path:
         raise FileExistsError(exists_message(target))
     if not target.parent.is_dir():
         raise FileNotFoundError(f"directory {target.parent} does not exist; create it first or choose another path")
+    if not os.access(target.parent, os.W_OK | os.X_OK):
+        raise PermissionError(
+            f"cannot write {target}: directory {target.parent} is not writable; choose another output path"
+        )
     return target
 
 
@@ -39,15 +44,19 @@ def write_atomically(path: str | os.PathLike, data: bytes | bytearray | memoryvi
         FileExistsError: ``path`` exists and ``force`` is false.
         IsADirectoryError: ``path`` is a directory.
         FileNotFoundError: the parent directory does not exist.
+        OSError: the file cannot be written (e.g. ``PermissionError``, a full disk); nothing is left behind.
     """
     target = check_output_path(path, force)
     payload = data.encode("utf-8") if isinstance(data, str) else data
     temporary = target.parent / f".{target.name}.{secrets.token_hex(4)}.tmp"
     try:
-        with open(temporary, "xb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            with open(temporary, "xb") as handle:
+                handle.write(payload)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:  # say which output failed, not the temporary file's name
+            raise type(exc)(exc.errno, f"cannot write {target}: {exc.strerror}; choose another output path") from None
         if force:
             os.replace(temporary, target)
         else:

@@ -625,6 +625,16 @@ def _input_batches(data, batch_size: int | None):
         yield element[0] if isinstance(element, (tuple, list)) else element
 
 
+def _num_samples(batch) -> int:
+    """The batch size of one model input batch: an array, or a list/tuple/dict of arrays (multi-input models)."""
+    first = batch
+    while isinstance(first, (list, tuple, dict)) and len(first):
+        first = next(iter(first.values())) if isinstance(first, dict) else first[0]
+    shape = getattr(first, "shape", None)  # arrays and tensors: no copy
+    shape = tuple(np.shape(first) if shape is None else shape)
+    return int(shape[0]) if shape and shape[0] is not None else 1
+
+
 def calibrate(
     model,
     data,
@@ -657,14 +667,22 @@ def calibrate(
         A :class:`CalibrationReport` (``print`` it for a table; ``as_dict()`` for JSON).
 
     Raises:
+        TypeError: ``model`` is not a Keras model.
         ValueError: unknown method, a model without quantized inputs, no data, or non-finite activations (the
             message names the layer).
     """
+    import keras
     from tqdm.auto import tqdm
 
     from qdq_toolkit.cases import iter_layers
     from qdq_toolkit.quantize import quantized_layers
 
+    if not isinstance(model, keras.Model):
+        kind = type(model).__module__ + "." + type(model).__qualname__
+        raise TypeError(
+            f"calibrate expects the keras.Model returned by qdq_toolkit.quantize_model(...), got {kind}. Quantize "
+            "the model first: qat_model = quantize_model(model); calibrate(qat_model, data)."
+        )
     _check_method(method)
     if max_batches is not None and (isinstance(max_batches, bool) or not isinstance(max_batches, int) or max_batches < 1):
         raise ValueError(f"max_batches must be a positive integer or None, got {max_batches!r}.")
@@ -676,16 +694,19 @@ def calibrate(
         )
     path_of = {id(ref.layer): ref.path for ref in iter_layers(model)}
     collectors: dict[tuple[str, str], AmaxCollector] = {}
-    last_seen = [""]
+    failures: list[tuple[str, ValueError]] = []
 
     def observe(wrapper, slot, tensor) -> None:
         key = (path_of[id(wrapper)], slot)
         if key not in collectors:
             collectors[key] = make_collector(method, num_bins=num_bins, percentile=percentile)
-        last_seen[0] = "/".join(key)
-        collectors[key].update(np.asarray(tensor))
+        try:
+            collectors[key].update(np.asarray(tensor))
+        except ValueError as exc:
+            failures.append(("/".join(key), exc))
+            raise
 
-    num_batches = num_samples = 0
+    num_batches = num_samples = num_empty = 0
     for wrapper in wrappers:
         wrapper.set_observer(observe)
     try:
@@ -694,20 +715,37 @@ def calibrate(
             for batch in _input_batches(data, batch_size):
                 if max_batches is not None and num_batches >= max_batches:
                     break
+                samples = _num_samples(batch)
+                if samples == 0:  # nothing to observe (and some layers cannot even run on it)
+                    num_empty += 1
+                    continue
                 try:
                     model(batch, training=False)
-                except ValueError as exc:
-                    if "not finite" in str(exc):
-                        raise ValueError(f"Calibration data gives non-finite activations at {last_seen[0]}: {exc}") from None
-                    raise
+                except Exception:
+                    if not failures:
+                        raise
+                    # Keras wraps the collector's message in its own call report: say it plainly, with the layer.
+                    where, original = failures[0]
+                    detail = str(original)
+                    if "not finite" in detail:
+                        counts = detail.split(", so no calibration range")[0]
+                        raise ValueError(
+                            f"Calibration data gives non-finite activations at {where} in batch {num_batches + 1}: "
+                            f"{counts}. Check the calibration data for NaN/Inf (missing values, a division by zero "
+                            "in preprocessing) and the model for overflow (e.g. float16)."
+                        ) from None
+                    raise ValueError(
+                        f"Calibration data gives invalid activations at {where} in batch {num_batches + 1}: {detail}"
+                    ) from None
                 num_batches += 1
-                num_samples += len(batch)
+                num_samples += samples
                 bar.update(1)
     finally:
         for wrapper in wrappers:
             wrapper.set_observer(None)
     if num_batches == 0:
-        raise ValueError("The calibration data is empty: give at least one batch of inputs.")
+        held = f" (its {num_empty} batch(es) held no sample)" if num_empty else ""
+        raise ValueError(f"The calibration data is empty{held}: give at least one batch of inputs.")
 
     rows = []
     for wrapper in wrappers:

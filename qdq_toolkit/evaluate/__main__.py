@@ -19,6 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from qdq_toolkit._cli import CliError, native_stderr_silenced
 from qdq_toolkit.evaluate._progress import progress_wanted  # noqa: E402
 from qdq_toolkit.evaluate.backends import check_model_path  # noqa: E402
+from qdq_toolkit.evaluate.errors import EvaluationError  # noqa: E402
 from qdq_toolkit.evaluate.evaluator import (  # noqa: E402
     DEFAULT_BATCH_SIZES,
     DEFAULT_EVAL_BATCH_SIZE,
@@ -138,6 +139,7 @@ def _name_models(specs: list[tuple[str | None, str]]) -> list[tuple[str, str]]:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m qdq_toolkit.evaluate``."""
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog=PROG,
         description=DESCRIPTION,
         epilog=EPILOG,
@@ -296,6 +298,10 @@ def _check_outputs(args: argparse.Namespace) -> None:
             )
         if not target.parent.is_dir():
             raise CliError(f"{flag}: directory {target.parent} does not exist; create it first")
+        if not os.access(target.parent, os.W_OK | os.X_OK):
+            raise CliError(
+                f"{flag}: cannot write {target}: directory {target.parent} is not writable; choose another path"
+            )
 
 
 def _image_shape(args: argparse.Namespace, model_set: ModelSet) -> tuple[int, int]:
@@ -415,7 +421,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _check_usage(parser, args)
     try:
-        with native_stderr_silenced(not args.traceback):
+        # User errors (a bad file, a missing dataset, an existing output) are one line: TensorFlow's start-up log
+        # is shown only for unexpected errors, where it may help a bug report.
+        with native_stderr_silenced(not args.traceback, user_errors=(CliError, EvaluationError, OSError)):
             return run(args)
     except KeyboardInterrupt:
         print("error: interrupted; no partial output file was left", file=sys.stderr)

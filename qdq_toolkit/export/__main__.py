@@ -40,6 +40,7 @@ Load .keras files of quantized models with this tool or after `import qdq_toolki
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog="python -m qdq_toolkit.export",
         description="Export a quantized Keras model to TensorRT-ready QDQ ONNX (and optionally a TensorRT engine), "
         "or check an ONNX file against TensorRT's QDQ placement rules.",
@@ -137,7 +138,7 @@ def _export(args, say) -> int:
             if engine.resolve() == output.resolve():
                 raise CliError("--engine and --output must be different files")
             check_output_path(engine, args.force)
-    except (FileExistsError, FileNotFoundError, IsADirectoryError) as exc:
+    except (FileExistsError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
         raise CliError(str(exc)) from None
 
     try:
@@ -149,7 +150,7 @@ def _export(args, say) -> int:
             result = saved_model_to_onnx(
                 args.saved_model, output, opset=args.opset, fp16=args.fp16, force=args.force, progress=say
             )
-    except (ExportError, ValueError, TypeError, FileNotFoundError, FileExistsError) as exc:
+    except (ExportError, ValueError, TypeError, OSError) as exc:  # OSError: e.g. the output cannot be written
         raise CliError(str(exc).splitlines()[0]) from None
 
     say(

@@ -88,6 +88,23 @@ def _keras_serving_function(model):
     return serve.get_concrete_function(), [spec.name for spec in specs], output_names
 
 
+def _check_has_inputs(model) -> None:
+    """Refuse, with the fix, a model whose inputs are unknown before it is called (subclassed, unbuilt)."""
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError):
+        inputs = None
+    if not inputs:
+        from qdq_toolkit.cases import ModelStructureError
+
+        raise ModelStructureError(
+            f"keras_to_onnx cannot trace model '{model.name}' ({type(model).__name__}): it has no defined inputs "
+            "(a subclassed keras.Model, or a Sequential model that was never built). Build it with the Functional "
+            "API or start the Sequential model with keras.Input(shape=...); or export it with "
+            "export_saved_model(model, 'saved') and then saved_model_to_onnx('saved', 'model.onnx')."
+        )
+
+
 def _output_names(model) -> list[str]:
     """The names of the layers producing the outputs, without the ``quant_`` prefix of a QDQ wrapper, so the FP32
     and the quantized exports of one model have the same output names."""
@@ -109,8 +126,11 @@ def _clean_name(name: str, fallback: str) -> str:
 
 
 def _load_saved_model_function(saved_model_dir: Path, signature: str):
-    import tensorflow as tf
-
+    if saved_model_dir.is_file():
+        raise ValueError(
+            f"'{saved_model_dir}' is a file, not a SavedModel directory. Give the directory written by "
+            "model.export(...) or tf.saved_model.save(...) (a .keras file goes to keras_to_onnx / --keras-model)."
+        )
     if not saved_model_dir.is_dir():
         raise FileNotFoundError(f"SavedModel directory '{saved_model_dir}' does not exist.")
     if not (saved_model_dir / "saved_model.pb").exists():
@@ -118,10 +138,15 @@ def _load_saved_model_function(saved_model_dir: Path, signature: str):
             f"'{saved_model_dir}' is not a SavedModel directory (no saved_model.pb). Give the directory written by "
             "model.export(...) or tf.saved_model.save(...)."
         )
+    import tensorflow as tf
+
     try:
         loaded = tf.saved_model.load(str(saved_model_dir))
     except Exception as exc:  # noqa: BLE001 - TensorFlow raises many types for a corrupt SavedModel
-        raise ValueError(f"Cannot load SavedModel '{saved_model_dir}': {str(exc).splitlines()[0]}") from None
+        raise ValueError(
+            f"Cannot load SavedModel '{saved_model_dir}': {str(exc).splitlines()[0]} (is it complete? Export it "
+            "again with model.export(...))"
+        ) from None
     signatures = dict(loaded.signatures)
     if signature not in signatures:
         raise ValueError(
@@ -559,11 +584,21 @@ def keras_to_onnx(
     The ONNX inputs are named after the Keras inputs and have a dynamic batch dimension; the outputs are named
     after the Keras outputs. Returns an :class:`ExportResult` with the TensorRT placement violations found (an
     empty list for a TensorRT-ready graph).
+
+    Raises:
+        TypeError: ``model`` is not a Keras model (load a ``.keras`` file first).
+        ModelStructureError: the model has no defined inputs (subclassed, or an unbuilt Sequential).
+        FileExistsError: ``output`` exists and ``force`` is false.
+        ExportError: tf2onnx could not convert the model, or the result is not a valid ONNX graph.
     """
     import keras
 
     if not isinstance(model, keras.Model):
-        raise TypeError(f"keras_to_onnx expects a keras.Model, got {type(model).__name__}.")
+        hint = ""
+        if isinstance(model, (str, os.PathLike)):
+            hint = " To export a file, load it first: keras.models.load_model(path) after `import qdq_toolkit`."
+        raise TypeError(f"keras_to_onnx expects a keras.Model, got {type(model).__name__}.{hint}")
+    _check_has_inputs(model)
     path = check_output_path(output, force)
     _check_opset(opset)
     _say(progress, "tracing the Keras model")

@@ -1,10 +1,17 @@
 """Fit the same quantized model on one device and under MirroredStrategy over 2 logical CPUs; print JSON.
 
 Run as a separate process: logical devices must be configured before TensorFlow initialises.
+
+    python tests/scripts/mirrored_fit.py [ema|max|last|fixed] [--export DIR]
+
+With ``--export DIR`` both trained models are also exported with ``keras_to_onnx`` (``DIR/single.onnx`` and
+``DIR/mirrored.onnx``) and the JSON holds the QuantizeLinear scales of each file and the largest difference between
+the two models' weights.
 """
 
+import argparse
 import json
-import sys
+from pathlib import Path
 
 import tensorflow as tf
 
@@ -16,16 +23,22 @@ import numpy as np  # noqa: E402
 
 from qdq_toolkit import quantize_model, quantized_layers  # noqa: E402
 
-method = sys.argv[1] if len(sys.argv) > 1 else "ema"
+parser = argparse.ArgumentParser()
+parser.add_argument("method", nargs="?", default="ema")
+parser.add_argument("--export", type=Path, metavar="DIR", help="also export both models to ONNX in DIR")
+args = parser.parse_args()
+method = args.method
 
 
 def build():
     keras.utils.set_random_seed(7)
-    inputs = keras.Input((8, 8, 3))
+    # Fixed input and model names: the two exports then have the same ONNX node names, so their scales can be
+    # compared node by node.
+    inputs = keras.Input((8, 8, 3), name="image")
     x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv1")(inputs)
     x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv2")(x)
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
-    return keras.Model(inputs, keras.layers.Dense(3, name="logits")(x))
+    return keras.Model(inputs, keras.layers.Dense(3, name="logits")(x), name="net")
 
 
 rng = np.random.default_rng(0)
@@ -61,14 +74,30 @@ for wrapper in quantized_layers(mirrored):
         values = [float(v.numpy()) for v in strategy.experimental_local_results(var.value)]
         per_replica[f"{wrapper.name}/{slot}"] = values
 
-print(
-    json.dumps(
-        {
-            "replicas": strategy.num_replicas_in_sync,
-            "single": ranges(single),
-            "mirrored": ranges(mirrored),
-            "per_replica": per_replica,
-            "first_layer_expected": float(np.abs(x).max()) if method == "max" else None,
-        }
-    )
-)
+result = {
+    "replicas": strategy.num_replicas_in_sync,
+    "single": ranges(single),
+    "mirrored": ranges(mirrored),
+    "per_replica": per_replica,
+    "first_layer_expected": float(np.abs(x).max()) if method == "max" else None,
+}
+
+if args.export is not None:
+    import onnx
+
+    from qdq_toolkit.export import keras_to_onnx
+    from qdq_toolkit.export.onnx import onnx_scales
+
+    result["scales"] = {}
+    result["violations"] = {}
+    for name, model in (("single", single), ("mirrored", mirrored)):
+        exported = keras_to_onnx(model, args.export / f"{name}.onnx")
+        result["scales"][name] = onnx_scales(onnx.load(exported.path))
+        result["violations"][name] = len(exported.violations)
+    relative = [
+        float(np.max(np.abs(a.numpy() - b.numpy())) / max(float(np.max(np.abs(a.numpy()))), 1e-30))
+        for a, b in zip(single.trainable_weights, mirrored.trainable_weights, strict=True)
+    ]
+    result["max_weight_rel_diff"] = max(relative)
+
+print(json.dumps(result))
