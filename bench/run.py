@@ -267,6 +267,10 @@ def render(results: dict, when: str, where: str, command: str) -> str:
         )
     lines += [
         "",
+        "The QAT fit's extra peak memory is the price of fake quantization in TensorFlow: the backward pass keeps each",
+        "quantized activation (what the convolution reads) besides the float one it came from, and the fake-quantized",
+        "copies of the kernels. TensorRT's engine has none of this; it is a training-time cost.",
+        "",
         "ONNX Runtime on CPU does not fuse TensorRT-style QDQ graphs (no Q on convolution outputs) into integer",
         "kernels: it runs the Q/DQ pairs as extra float work, so the QDQ model is slower there. It is a numerical",
         "reference for the TensorRT engine, not the deployment target; INT8 speed-ups need TensorRT on a GPU.",

@@ -171,7 +171,7 @@ def _export(args, say) -> int:
         from qdq_toolkit.export.tensorrt import TensorRTUnavailableError, build_engine
 
         try:
-            build_engine(result.path, args.engine, batch_sizes=sizes, force=args.force, progress=say)
+            build_engine(result.path, args.engine, batch_sizes=sizes, fp16=args.fp16, force=args.force, progress=say)
         except TensorRTUnavailableError as exc:
             print(f"error: engine not built: {' '.join(str(exc).split())}", file=sys.stderr)
             print(f"the ONNX file was written: {result.path}", file=sys.stderr)

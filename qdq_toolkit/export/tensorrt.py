@@ -481,8 +481,9 @@ def build_engine(
         batch_sizes: the batch sizes the engine must accept; see :func:`profile_batch_range` for the profile.
         workspace_gib: cap on TensorRT's builder workspace in GiB; ``None`` keeps TensorRT's default (the GPU's
             memory).
-        fp16: let layers without Q/DQ run in FP16. TensorRT 10 only (BuilderFlag.FP16); TensorRT 11 removed it,
-            so there the precision must be in the ONNX file and ``fp16=True`` raises ValueError.
+        fp16: let layers without Q/DQ run in FP16. TensorRT 10 sets BuilderFlag.FP16; TensorRT 11 removed the
+            flag and takes the precision from the ONNX file, so there it has effect only through an ONNX file exported
+            with ``fp16=True`` (``--fp16``), which the export CLI passes along.
         force: overwrite an existing ``engine_path``.
         verbose: print TensorRT's verbose log to stderr (warnings and errors are always printed).
         progress: called with one line per stage (parsing, TensorRT build phases, writing).
@@ -492,8 +493,7 @@ def build_engine(
 
     Raises:
         FileNotFoundError: ``onnx_path`` does not exist.
-        TypeError, ValueError: bad ``batch_sizes``/``workspace_gib``, an input with a dynamic non-batch axis, or
-            ``fp16=True`` on TensorRT 11.
+        TypeError, ValueError: bad ``batch_sizes``/``workspace_gib``, or an input with a dynamic non-batch axis.
         FileExistsError: ``engine_path`` exists and ``force`` is False (the file is left untouched).
         TensorRTUnavailableError: TensorRT, cuda-python or a GPU is missing.
         TensorRTError: the ONNX parser or the builder failed; the message carries TensorRT's errors.
@@ -506,13 +506,6 @@ def build_engine(
     report: ProgressCallback = progress if progress is not None else (lambda _message: None)
 
     strongly_typed = _strong_typing_only(trt)
-    if fp16 and strongly_typed:
-        raise ValueError(
-            f"fp16=True cannot be honoured by TensorRT {getattr(trt, '__version__', '11+')}: TensorRT 11 removed "
-            "BuilderFlag.FP16 and takes every precision from the ONNX file. Build with fp16=False (INT8 still comes "
-            "from the Q/DQ nodes), or convert the ONNX to mixed precision first with ModelOpt AutoCast "
-            "(python -m modelopt.onnx.autocast --onnx_path model.onnx)."
-        )
     if _onnx_qdq_node_count(onnx_file) == 0:
         message = (
             f"{onnx_file} has no QuantizeLinear/DequantizeLinear nodes, so the engine will not run in INT8; "
@@ -537,7 +530,10 @@ def build_engine(
     if workspace is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
     if strongly_typed:
-        report("TensorRT >= 11: strongly typed network, precision taken from the ONNX Q/DQ nodes")
+        report(
+            "TensorRT >= 11: strongly typed network, every precision taken from the ONNX file"
+            + (" (fp16: export with --fp16 so the float parts are float16 there)" if fp16 else "")
+        )
     else:
         # TensorRT 10.x weak typing: INT8 must be enabled for the Q/DQ layers to run in INT8; no calibrator is set,
         # so the scales come only from the graph (explicit quantization). Deprecated in 10.12, removed in 11.0.
