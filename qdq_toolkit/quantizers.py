@@ -120,7 +120,7 @@ def per_channel_amax(kernel: tf.Tensor, axis: int) -> tf.Tensor:
     return tf.maximum(largest, tf.cast(MIN_AMAX, kernel.dtype))
 
 
-def qdq_per_channel(kernel: tf.Tensor, axis: int, training: bool = False) -> tf.Tensor:
+def qdq_per_channel(kernel: tf.Tensor, axis: int, training: bool = False, fused=None) -> tf.Tensor:
     """Quantize-dequantize a kernel with one symmetric range per slice along ``axis`` (weights).
 
     The ranges are ``max |w|`` of each output channel, computed in the graph from the current kernel, so they are
@@ -128,13 +128,14 @@ def qdq_per_channel(kernel: tf.Tensor, axis: int, training: bool = False) -> tf.
 
     Inference (and so every exported graph) uses the ``QuantizeAndDequantizeV3`` op, which tf2onnx turns into
     QuantizeLinear/DequantizeLinear. Its CPU kernel is slow for large kernels (about 16 ms for a 3x3x512x512
-    kernel, four times the same arithmetic written as plain ops), so training steps compute the same arithmetic
-    with plain ops -- ``round(w * (127 / amax)) * (amax / 127)``, exactly what the V3 kernel computes, bit for bit
-    (tested) -- with the same pass-through gradient.
+    kernel), so training steps compute the same arithmetic -- ``round(w * (127 / amax)) * (amax / 127)``, exactly
+    what the V3 kernel computes, bit for bit (tested) -- fused by XLA, with V3's pass-through gradient. ``fused`` is
+    the XLA function to use (:func:`fused_weight_qdq_function`; a wrapper keeps one per kernel so that it is traced
+    once for that kernel's shape); a new one is made when it is not given.
     """
     axis = axis % kernel.shape.rank
     if training:
-        return _qdq_weights_straight_through(kernel, axis)
+        return _qdq_weights_straight_through(kernel, axis, fused or fused_weight_qdq_function())
     amax = per_channel_amax(kernel, axis)
     return tf.raw_ops.QuantizeAndDequantizeV3(
         input=kernel,
@@ -148,22 +149,27 @@ def qdq_per_channel(kernel: tf.Tensor, axis: int, training: bool = False) -> tf.
     )
 
 
-@tf.function(jit_compile=True, reduce_retracing=True)
-def _fused_weight_qdq(kernel: tf.Tensor, axis: int, qmax: tf.Tensor) -> tf.Tensor:
-    """``round(w * (127 / amax)) * (amax / 127)`` with ``amax`` per channel, fused by XLA into two passes over the
-    kernel instead of five (range, scale, round, rescale), which matters for ResNet50's 25M weights every step.
+def fused_weight_qdq_function():
+    """A new XLA-compiled ``(kernel, axis, qmax) -> round(w * (qmax / amax)) * (amax / qmax)``, ``amax`` per channel.
 
-    ``qmax`` (127) comes in as a tensor so that XLA cannot turn ``amax / 127`` into a multiplication by a rounded
-    reciprocal: the result stays bit-identical to the V3 kernel's ``max_range / max_quantized``.
+    XLA fuses the range, scale, round and rescale into two passes over the kernel instead of five, which matters
+    for ResNet50's 25M weights every step. ``qmax`` (127) comes in as a tensor so that XLA cannot turn
+    ``amax / 127`` into a multiplication by a rounded reciprocal: the result stays bit-identical to the V3 kernel's
+    ``max_range / max_quantized``.
     """
-    amax = per_channel_amax(kernel, axis)
-    shape = [1] * kernel.shape.rank
-    shape[axis] = -1
-    amax = tf.reshape(amax, shape)
-    return tf.round(kernel * (qmax / amax)) * (amax / qmax)
+
+    @tf.function(jit_compile=True)
+    def fused(kernel: tf.Tensor, axis: int, qmax: tf.Tensor) -> tf.Tensor:
+        amax = per_channel_amax(kernel, axis)
+        shape = [1] * kernel.shape.rank
+        shape[axis] = -1
+        amax = tf.reshape(amax, shape)
+        return tf.round(kernel * (qmax / amax)) * (amax / qmax)
+
+    return fused
 
 
-def _qdq_weights_straight_through(kernel: tf.Tensor, axis: int) -> tf.Tensor:
+def _qdq_weights_straight_through(kernel: tf.Tensor, axis: int, fused) -> tf.Tensor:
     """V3's arithmetic for ``|kernel| <= amax`` (always true for weights: amax is their max), round half to even,
     with V3's registered gradient: pass-through to the kernel, none to the range."""
 
@@ -172,7 +178,7 @@ def _qdq_weights_straight_through(kernel: tf.Tensor, axis: int) -> tf.Tensor:
         def grad(upstream):
             return upstream
 
-        return _fused_weight_qdq(kernel, axis, tf.constant(float(QMAX), kernel.dtype)), grad
+        return fused(kernel, axis, tf.constant(float(QMAX), kernel.dtype)), grad
 
     return straight_through(kernel)
 

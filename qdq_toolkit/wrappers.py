@@ -64,6 +64,7 @@ class QDQWrapper(keras.layers.Wrapper):
         self.quantize_weights = bool(quantize_weights) and bool(self.kernel_axes)
         self.activation_range = RangeTracking.from_config(activation_range)
         self._observer: Observer | None = None
+        self._fused_weight_qdq: dict = {}
         for index in self.quantize_inputs:
             if index < 0 or (not self.multi_input and index != 0):
                 raise ValueError(
@@ -154,7 +155,12 @@ class QDQWrapper(keras.layers.Wrapper):
         kernel = getattr(self.layer, name)
         if not self.quantize_weights or self._observer is not None:
             return kernel
-        return quantizers.qdq_per_channel(kernel, self.kernel_axes[name], training=bool(training))
+        fused = None
+        if training:  # one XLA function per kernel: traced once, for this kernel's shape
+            fused = self._fused_weight_qdq.get(name)
+            if fused is None:
+                fused = self._fused_weight_qdq[name] = quantizers.fused_weight_qdq_function()
+        return quantizers.qdq_per_channel(kernel, self.kernel_axes[name], training=bool(training), fused=fused)
 
     def call(self, inputs, training=None, **kwargs):
         if self.multi_input:
