@@ -202,7 +202,7 @@ EXPORT_CASES = {
     "truncated-keras": (["--keras-model", "truncated.keras"], "not a .keras file"),
     "zip-but-not-keras": (["--keras-model", "not_keras.keras"], "cannot load Keras model"),
     "keras-with-truncated-weights": (["--keras-model", "bad_weights.keras"], "cannot load Keras model"),
-    "keras-model-is-a-directory": (["--keras-model", "corrupt_pb"], "not a .keras file"),
+    "keras-model-is-a-directory": (["--keras-model", "corrupt_pb"], "pass it with --saved-model"),
     "savedmodel-corrupt-pb": (["--saved-model", "corrupt_pb"], "Cannot load SavedModel"),
     "savedmodel-without-variables": (["--saved-model", "no_variables"], "Cannot load SavedModel"),
     "savedmodel-is-a-file": (["--saved-model", "model.keras"], "is a file, not a SavedModel directory"),
@@ -236,7 +236,7 @@ EVALUATE_CASES = {
     ),
     "imagenet-empty-shard": (
         ["--model", "imagenet_tiny.keras", "--dataset", "imagenet", "--data-dir", "imagenet_empty"],
-        "yielded no image",
+        "yielded no image; check that its files hold records",
     ),
 }
 

@@ -264,7 +264,10 @@ def _accuracy_pass(
                 accumulators[name].update(scores, labels)
             bar.update(len(labels))
     if not any(accumulator.result().samples for accumulator in accumulators.values()):
-        raise EvaluationError(f"the dataset ({dataset.description}) yielded no image")
+        raise EvaluationError(
+            f"the dataset ({dataset.description}) yielded no image; check that its files hold "
+            "records (an empty or half-written TFRecord shard holds none) and that the split is the one you meant"
+        )
     return accumulators
 
 

@@ -105,6 +105,13 @@ def _check_file(path: str, as_json: bool) -> int:
 def _load_keras(path: Path):
     if not path.exists():
         raise CliError(f"Keras model '{path}' does not exist")
+    if path.is_dir():
+        hint = (
+            "it looks like a SavedModel: pass it with --saved-model"
+            if (path / "saved_model.pb").exists()
+            else "give the .keras file written by model.save('model.keras')"
+        )
+        raise CliError(f"'{path}' is a directory, not a .keras file; {hint}")
     if path.suffix != ".keras" or not zipfile.is_zipfile(path):
         raise CliError(f"'{path}' is not a .keras file (a zip archive); save the model with model.save('model.keras')")
     import keras
