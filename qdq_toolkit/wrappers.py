@@ -223,7 +223,19 @@ class ConvQDQWrapper(QDQWrapper):
     kernel_axes = MappingProxyType({"kernel": -1})
 
     def quantized_call(self, inputs, training=None, **kwargs):
-        outputs = self.layer.convolution_op(inputs, self.quantized_kernel("kernel", training))
+        kernel = self.quantized_kernel("kernel", training)
+        if self.layer.padding == "causal":  # Conv1D only: what Conv1D.call does (convolution_op cannot take it)
+            inputs = keras.ops.pad(inputs, self.layer._compute_causal_padding())
+            outputs = keras.ops.conv(
+                inputs,
+                kernel,
+                strides=list(self.layer.strides),
+                padding="valid",
+                dilation_rate=self.layer.dilation_rate,
+                data_format=self.layer.data_format,
+            )
+        else:
+            outputs = self.layer.convolution_op(inputs, kernel)
         return self.bias_and_activation(outputs, self.layer.filters)
 
 

@@ -167,6 +167,7 @@ LAYER_ZOO = [
     ("depthwise_x2", lambda x: keras.layers.DepthwiseConv2D(3, depth_multiplier=2)(x), "Conv", 0),
     ("separable", lambda x: keras.layers.SeparableConv2D(6, 3, padding="same")(x), "Conv", 0),
     ("conv1d", lambda x: keras.layers.Conv1D(4, 3)(keras.layers.Reshape((64, 3))(x)), "Conv", 0),
+    ("conv1d_causal", lambda x: keras.layers.Conv1D(4, 3, padding="causal")(keras.layers.Reshape((64, 3))(x)), "Conv", 0),
     ("dense3d", lambda x: keras.layers.Dense(5)(keras.layers.Reshape((64, 3))(x)), "MatMul", 1),
 ]
 

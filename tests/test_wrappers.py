@@ -16,6 +16,7 @@ L = keras.layers
 # (layer factory, input shapes, {kernel attribute: Keras output-channel axis})
 WEIGHTED = [
     (lambda: L.Conv1D(5, 3, padding="same", activation="relu"), [(12, 4)], {"kernel": -1}),
+    (lambda: L.Conv1D(5, 3, padding="causal", dilation_rate=2), [(12, 4)], {"kernel": -1}),
     (lambda: L.Conv2D(6, 3, strides=2, activation="relu"), [(9, 9, 3)], {"kernel": -1}),
     (lambda: L.Conv2D(6, 3, groups=3, padding="same"), [(8, 8, 6)], {"kernel": -1}),
     (lambda: L.Conv3D(4, 2), [(5, 5, 5, 2)], {"kernel": -1}),

@@ -225,6 +225,9 @@ def sink_qdq_below_shape_ops(model: onnx.ModelProto) -> int:
     * ``Q -> S -> DQ``  becomes ``S -> Q -> DQ``;
     * ``Q -> DQ -> S -> op`` becomes ``S -> Q -> DQ -> op``.
 
+    A zero-valued constant ``Pad`` (Conv1D's causal padding) moves the same way: QDQ(0) is 0, so padding before or
+    after the quantizer gives the same tensor.
+
     Per-channel (weight) quantizers are left alone: moving them would change their axis.
     """
     graph = model.graph
@@ -247,7 +250,9 @@ def sink_qdq_below_shape_ops(model: onnx.ModelProto) -> int:
                     if user.op_type == "Shape" and quantizer is not None:
                         user.input[0] = quantizer.input[0]
                 users = [user for user in users if user.op_type != "Shape"]
-            if len(users) != 1 or users[0].op_type not in SHAPE_ONLY_OPS or users[0].input[0] != node.output[0]:
+            if len(users) != 1 or users[0].input[0] != node.output[0]:
+                continue
+            if users[0].op_type not in SHAPE_ONLY_OPS and not _is_zero_pad(users[0], initializers, made_by):
                 continue
             shape_op = users[0]
             if node.op_type == "QuantizeLinear":  # Q -> S -> DQ  =>  S -> Q -> DQ
@@ -269,6 +274,25 @@ def sink_qdq_below_shape_ops(model: onnx.ModelProto) -> int:
         if changed:
             topological_sort(graph)
     return rewrites
+
+
+def _is_zero_pad(node: onnx.NodeProto, initializers: dict, made_by: dict) -> bool:
+    """A ``Pad`` in constant mode whose pad value is 0 (absent, or a constant equal to 0)."""
+    if node.op_type != "Pad":
+        return False
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if attrs.get("mode", b"constant") not in (b"constant", "constant"):
+        return False
+    if len(node.input) < 3 or not node.input[2]:
+        return True
+    value = node.input[2]
+    if value in initializers:
+        array = numpy_helper.to_array(initializers[value])
+    elif value in made_by and made_by[value].op_type == "Constant":
+        array = numpy_helper.to_array(helper.get_attribute_value(made_by[value].attribute[0]))
+    else:
+        return False
+    return bool((array == 0).all())
 
 
 WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
