@@ -5,6 +5,7 @@ The public API, re-exported here::
     from qdq_toolkit import quantize_model, QuantizationSpec
     qat_model = quantize_model(model)          # QDQ on inputs and weights of convolutions, dense, average pooling
     qat_model.compile(...); qat_model.fit(...)  # fine-tune
+    qat_model.save("qat.keras"); qdq_toolkit.load_model("qat.keras")  # exact round trip
 
 Names are loaded on first use (PEP 562), so tools that need no TensorFlow (the ONNX checker, the CLI's
 ``--help``) start quickly.
@@ -18,11 +19,14 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "CustomQDQInsertionCase": "qdq_toolkit.cases",
+    "CalibrationReport": "qdq_toolkit.calibration",
+    "calibrate": "qdq_toolkit.calibration",
     "inbound_layers": "qdq_toolkit.cases",
     "iter_layers": "qdq_toolkit.cases",
     "match_chain": "qdq_toolkit.cases",
     "outbound_layers": "qdq_toolkit.cases",
     "QuantizationSpecError": "qdq_toolkit.quantize",
+    "load_model": "qdq_toolkit.quantize",
     "plan_quantization": "qdq_toolkit.quantize",
     "quantize_model": "qdq_toolkit.quantize",
     "quantized_layers": "qdq_toolkit.quantize",

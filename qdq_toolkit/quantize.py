@@ -243,3 +243,13 @@ def quantize_model(
 def quantized_layers(model: keras.Model) -> list[QDQWrapper]:
     """The QDQ wrappers of a quantized model, nested models included, in graph order."""
     return [ref.layer for ref in iter_layers(model) if isinstance(ref.layer, QDQWrapper)]
+
+
+def load_model(path, *, compile: bool = True, safe_mode: bool = True, custom_objects: dict | None = None):  # noqa: A002
+    """Load a quantized model saved with ``model.save("qat.keras")``; outputs equal the saved model's exactly.
+
+    The same as ``keras.saving.load_model`` with the QDQ wrappers registered. (Importing any name from
+    ``qdq_toolkit`` -- or ``import qdq_toolkit.wrappers`` -- registers them too, after which plain
+    ``keras.models.load_model`` works; a bare ``import qdq_toolkit`` loads nothing until a name is used.)
+    """
+    return keras.saving.load_model(path, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode)

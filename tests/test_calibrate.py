@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from qdq_toolkit import quantize_model, quantized_layers
-from qdq_toolkit.calibration import calibrate
+from qdq_toolkit import calibrate, quantize_model, quantized_layers
 
 
 def float_model():

@@ -1,5 +1,8 @@
 """quantize_model: cloning (nested models too), the untouched caller, training, saving, and clear errors."""
 
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -119,6 +122,38 @@ def test_keras_round_trip_gives_identical_outputs(tmp_path):
     for a, b in zip(loaded.weights, qmodel.weights, strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     loaded.fit(x, y, epochs=1, batch_size=16, verbose=0)  # and it keeps training
+
+
+LOAD_IN_A_FRESH_PROCESS = """
+import sys
+import numpy as np
+{imports}
+x = np.load(sys.argv[2])
+np.save(sys.argv[3], {load}(sys.argv[1]).predict(x, verbose=0))
+"""
+
+
+@pytest.mark.parametrize(
+    ("imports", "load"),
+    [
+        ("import qdq_toolkit", "qdq_toolkit.load_model"),
+        ("import keras\nfrom qdq_toolkit import quantize_model", "keras.models.load_model"),
+    ],
+    ids=["qdq_toolkit.load_model", "keras-after-a-from-import"],
+)
+def test_a_saved_model_loads_in_a_new_process(tmp_path, imports, load):
+    """Nothing of this process (its imported wrappers) helps: the documented ways to load must register them."""
+    qmodel = quantize_model(nested_model())
+    x, y = data(32)
+    qmodel.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    qmodel.fit(x, y, epochs=1, verbose=0)
+    qmodel.save(tmp_path / "qat.keras")
+    np.save(tmp_path / "x.npy", x)
+    script = LOAD_IN_A_FRESH_PROCESS.format(imports=imports, load=load)
+    args = [sys.executable, "-c", script, str(tmp_path / "qat.keras"), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), qmodel.predict(x, verbose=0))
 
 
 def test_sequential_model():

@@ -243,8 +243,7 @@ def _with_batchnorm_momentum(model, momentum: float):
 def ptq_model(fp32, data: Data, config: Config):
     """Post-training quantization: ResNet placement, activation ranges calibrated on training images."""
     from custom_cases import ResNetV1QDQCase
-    from qdq_toolkit import quantize_model
-    from qdq_toolkit.calibration import calibrate
+    from qdq_toolkit import calibrate, quantize_model
 
     quantized = quantize_model(fp32, custom_qdq_cases=[ResNetV1QDQCase()])
     report = calibrate(

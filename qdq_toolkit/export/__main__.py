@@ -34,7 +34,7 @@ exit codes:
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C); no partial output is left behind
 
 Outputs are written atomically and never overwrite existing files unless --force is given.
-Load .keras files of quantized models with this tool or after `import qdq_toolkit` (it registers the wrappers).
+Load .keras files of quantized models with this tool or with qdq_toolkit.load_model(path).
 """
 
 

@@ -620,7 +620,7 @@ def keras_to_onnx(
     if not isinstance(model, keras.Model):
         hint = ""
         if isinstance(model, (str, os.PathLike)):
-            hint = " To export a file, load it first: keras.models.load_model(path) after `import qdq_toolkit`."
+            hint = " To export a file, load it first: qdq_toolkit.load_model(path)."
         raise TypeError(f"keras_to_onnx expects a keras.Model, got {type(model).__name__}.{hint}")
     _check_has_inputs(model)
     path = check_output_path(output, force)
