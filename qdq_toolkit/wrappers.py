@@ -123,6 +123,10 @@ class QDQWrapper(keras.layers.Wrapper):
         """``{slot: amax variable}`` for every quantized activation of this wrapper."""
         return {slot: amax for slot, (amax, _) in self._ranges.items()}
 
+    def unobserved_ranges(self) -> list[str]:
+        """Slots whose range was never calibrated nor updated by training: they still hold the initial 1.0."""
+        return [slot for slot, (_, steps) in self._ranges.items() if float(steps.numpy()) == 0.0]
+
     def set_activation_range(self, slot: str, amax: float) -> None:
         """Set one range (e.g. from calibration) and mark it observed, so EMA tracking continues from it."""
         if slot not in self._ranges:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import keras
 import numpy as np
 import onnx
@@ -14,11 +16,13 @@ from qdq_toolkit import QuantizationSpec, quantize_model
 from qdq_toolkit.data import load_digits
 from qdq_toolkit.export import (
     ExportError,
+    UnobservedRangeWarning,
     check_qdq_placement,
     export_saved_model,
     keras_to_onnx,
     saved_model_to_onnx,
     summarize_qdq,
+    unobserved_ranges,
 )
 
 QUANTIZABLE = ("Conv", "ConvTranspose", "MatMul", "Gemm")
@@ -133,6 +137,23 @@ def test_nothing_is_quantized_that_the_spec_left_alone(trained, tmp_path):
     assert len(quantized) == 2 and all("conv1" in n or "logits" in n for n in quantized), quantized
     assert len(float_ops) == 2
     assert summarize_qdq(model)["dequantize_linear"] == 4  # two inputs and two weights
+
+
+def test_ranges_no_data_ever_set_are_reported_at_export(trained, tmp_path):
+    from qdq_toolkit import calibrate
+
+    fresh = quantize_model(trained.fp32_model)
+    expected = [f"quant_{name}/input" for name in ("conv0", "conv1", "conv2", "gap", "logits")]
+    assert unobserved_ranges(fresh) == expected
+    with pytest.warns(UnobservedRangeWarning, match=r"never observed .* Calibrate \(qdq_toolkit.calibrate\)"):
+        result = keras_to_onnx(fresh, tmp_path / "fresh.onnx")
+    assert result.unobserved_ranges == unobserved_ranges(fresh) and result.unobserved_ranges
+
+    calibrate(fresh, load_digits().train.images[:64], batch_size=32, progress=False)
+    assert unobserved_ranges(fresh) == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnobservedRangeWarning)
+        assert keras_to_onnx(fresh, tmp_path / "calibrated.onnx").unobserved_ranges == []
 
 
 def test_other_opsets_on_request(trained, tmp_path, real_inputs):

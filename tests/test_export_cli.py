@@ -76,6 +76,24 @@ def test_export_keras_file_with_check(artifacts, tmp_path):
     onnx.checker.check_model(onnx.load(out))
 
 
+def test_warns_in_one_line_about_ranges_no_data_ever_set(tmp_path):
+    import keras
+
+    from qdq_toolkit import quantize_model
+
+    inputs = keras.Input((8, 8, 1), name="image")
+    x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(3, name="logits")(keras.layers.Flatten()(x)))
+    quantize_model(model).save(tmp_path / "uncalibrated.keras")  # saved straight away: no data ever seen
+    result = cli("--keras-model", tmp_path / "uncalibrated.keras", "--output", tmp_path / "model.onnx", "-q")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "warning: 2 activation range(s) never observed, exported with amax 1.0 (quant_conv/input, quant_logits/input); "
+        "calibrate or fine-tune before exporting"
+    ]
+    assert (tmp_path / "model.onnx").exists()
+
+
 def test_export_saved_model_fp16(artifacts, tmp_path):
     out = tmp_path / "model16.onnx"
     result = cli("--saved-model", artifacts / "saved", "--output", out, "--fp16", "--quiet")

@@ -8,14 +8,17 @@ from qdq_toolkit.export.checks import Violation, check_qdq_placement, format_vio
 from qdq_toolkit.export.onnx import (
     ExportError,
     ExportResult,
+    UnobservedRangeWarning,
     export_saved_model,
     keras_to_onnx,
     saved_model_to_onnx,
+    unobserved_ranges,
 )
 
 __all__ = [
     "ExportError",
     "ExportResult",
+    "UnobservedRangeWarning",
     "Violation",
     "check_qdq_placement",
     "export_saved_model",
@@ -23,4 +26,5 @@ __all__ = [
     "keras_to_onnx",
     "saved_model_to_onnx",
     "summarize_qdq",
+    "unobserved_ranges",
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -128,6 +129,7 @@ def _load_keras(path: Path):
 def _export(args, say) -> int:
     from qdq_toolkit.export.onnx import (
         ExportError,
+        UnobservedRangeWarning,
         check_output_path,
         keras_to_onnx,
         saved_model_to_onnx,
@@ -152,7 +154,9 @@ def _export(args, say) -> int:
         if args.keras_model:
             say(f"loading {args.keras_model}")
             model = _load_keras(Path(args.keras_model))
-            result = keras_to_onnx(model, output, opset=args.opset, fp16=args.fp16, force=args.force, progress=say)
+            with warnings.catch_warnings():  # reported below as one line
+                warnings.simplefilter("ignore", UnobservedRangeWarning)
+                result = keras_to_onnx(model, output, opset=args.opset, fp16=args.fp16, force=args.force, progress=say)
         else:
             result = saved_model_to_onnx(
                 args.saved_model, output, opset=args.opset, fp16=args.fp16, force=args.force, progress=say
@@ -165,6 +169,13 @@ def _export(args, say) -> int:
         f"outputs {', '.join(result.outputs)}; {result.num_quantize_linear} QuantizeLinear, "
         f"{result.num_dequantize_linear} DequantizeLinear)"
     )
+    if result.unobserved_ranges:
+        names = result.unobserved_ranges
+        print(
+            f"warning: {len(names)} activation range(s) never observed, exported with amax 1.0 "
+            f"({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}); calibrate or fine-tune before exporting",
+            file=sys.stderr,
+        )
     if result.num_dequantize_linear == 0:
         say("note: the model has no QDQ nodes, so this is a float export (quantize it with quantize_model first)")
 

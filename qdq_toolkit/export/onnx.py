@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,37 @@ class ExportResult:
     violations: list[Violation] = field(default_factory=list)
     num_quantize_linear: int = 0
     num_dequantize_linear: int = 0
+    unobserved_ranges: list[str] = field(default_factory=list)
+
+
+class UnobservedRangeWarning(UserWarning):
+    """A quantized activation is exported with a range that no data ever set (the initial amax 1.0)."""
+
+
+def unobserved_ranges(model) -> list[str]:
+    """``"layer/slot"`` for every activation range of ``model`` that neither calibration nor training set."""
+    from qdq_toolkit.cases import iter_layers
+    from qdq_toolkit.wrappers import QDQWrapper
+
+    return [
+        f"{ref.path}/{slot}"
+        for ref in iter_layers(model)
+        if isinstance(ref.layer, QDQWrapper)
+        for slot in ref.layer.unobserved_ranges()
+    ]
+
+
+def _warn_unobserved(names: list[str]) -> None:
+    if not names:
+        return
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    warnings.warn(
+        f"{len(names)} activation range(s) were never observed and export with the initial amax 1.0 "
+        f"(scale 1/127): {shown}. Calibrate (qdq_toolkit.calibrate) or fine-tune the quantized model before "
+        "exporting it for TensorRT.",
+        UnobservedRangeWarning,
+        stacklevel=3,
+    )
 
 
 def _say(progress: Progress | None, message: str) -> None:
@@ -609,6 +641,10 @@ def keras_to_onnx(
     after the Keras outputs. Returns an :class:`ExportResult` with the TensorRT placement violations found (an
     empty list for a TensorRT-ready graph).
 
+    Activation ranges that no data ever set (neither :func:`qdq_toolkit.calibrate` nor training) are listed in
+    ``ExportResult.unobserved_ranges`` and reported with an :class:`UnobservedRangeWarning`: they export with the
+    initial amax 1.0, which is rarely the tensor's range.
+
     Raises:
         TypeError: ``model`` is not a Keras model (load a ``.keras`` file first).
         ModelStructureError: the model has no defined inputs (subclassed, or an unbuilt Sequential).
@@ -625,10 +661,14 @@ def keras_to_onnx(
     _check_has_inputs(model)
     path = check_output_path(output, force)
     _check_opset(opset)
+    unobserved = unobserved_ranges(model)
+    _warn_unobserved(unobserved)
     _say(progress, "tracing the Keras model")
     function, inputs, outputs = _keras_serving_function(model)
     converted = finalize(_convert(function, opset, progress), outputs, fp16)
-    return _write(converted, path, opset, fp16, inputs, outputs, force, progress)
+    result = _write(converted, path, opset, fp16, inputs, outputs, force, progress)
+    result.unobserved_ranges = unobserved
+    return result
 
 
 def saved_model_to_onnx(
