@@ -138,6 +138,10 @@ def test_usage_errors_exit_2(tmp_path):
 
 
 def test_engine_without_tensorrt_keeps_the_onnx(artifacts, tmp_path):
+    from qdq_toolkit.export.tensorrt import tensorrt_status
+
+    if tensorrt_status() is None:
+        pytest.skip("TensorRT and a GPU are usable here; this test covers machines without them")
     out, engine = tmp_path / "model.onnx", tmp_path / "model.plan"
     result = cli("--keras-model", artifacts / "qat.keras", "--output", out, "--engine", engine, "--batch", "1,4,8")
     assert result.returncode == 4, result.stderr

@@ -323,7 +323,7 @@ def engine_file(usable_tensorrt, qdq_onnx, tmp_path) -> Path:
     path = build_engine(qdq_onnx, tmp_path / "model.engine", batch_sizes=BATCH_SIZES, progress=stages.append)
     assert path.is_file() and path.stat().st_size > 0
     assert any("parsing" in stage for stage in stages) and any("writing" in stage for stage in stages)
-    assert not list(tmp_path.glob(".*.partial")), "the temporary file must be gone"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.engine", "model.onnx"], "no temporary file left"
     return path
 
 
@@ -378,3 +378,40 @@ def test_rebuilding_needs_force(engine_file, qdq_onnx):
     build_engine(qdq_onnx, engine_file, batch_sizes=(2, 8), force=True)
     with TensorRTRunner(engine_file) as runner:
         assert runner.batch_range == (2, 8)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# GPU: the toolkit's own export path (tf2onnx layout ops, folded weight DQ, --fp16 casts) parsed by TensorRT.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def digits_qat():
+    """The quick-start CNN fine-tuned with QAT on the digits (about ten seconds), and its held-out images."""
+    from examples.digits_qat import run
+    from qdq_toolkit.data import load_digits
+
+    return run(fp32_epochs=30, qat_epochs=5).qat_model, load_digits(test_fraction=0.25).test.images
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fp16", [False, True], ids=["fp32-float-parts", "fp16-float-parts"])
+def test_engine_from_a_toolkit_export_agrees_with_onnxruntime(usable_tensorrt, digits_qat, fp16, tmp_path):
+    from qdq_toolkit.export import keras_to_onnx
+
+    model, images = digits_qat
+    onnx_path = keras_to_onnx(model, tmp_path / "qat.onnx", fp16=fp16).path
+    engine = build_engine(onnx_path, tmp_path / "qat.plan", batch_sizes=(1, 32, 64), fp16=fp16)
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    input_name, output_name = session.get_inputs()[0].name, session.get_outputs()[0].name
+    with TensorRTRunner(engine) as runner:
+        assert [spec.name for spec in runner.inputs] == [input_name]
+        for start in range(0, len(images), 64):
+            batch = images[start : start + 64].astype(np.float32)
+            expected = session.run([output_name], {input_name: batch})[0].astype(np.float32)
+            got = runner(batch)[output_name].astype(np.float32)
+            assert got.shape == expected.shape
+            # Same int8 math; TensorRT accumulates in another order (and in FP16 for the float parts with fp16).
+            agreement = float((got.argmax(1) == expected.argmax(1)).mean())
+            assert agreement >= 0.98, (start, agreement)
+            np.testing.assert_allclose(got, expected, atol=0.25 if fp16 else 0.1)

@@ -13,7 +13,8 @@ NVIDIA/TensorRT repository; the call sites below say where TensorRT 10 and 11 di
 * **TensorRT 11.x (strongly typed).** 11.0 removed ``BuilderFlag.INT8``/``FP16`` and the calibrator APIs; every
   network is strongly typed (``create_network(0)`` already is; ``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` is
   kept but ignored). Precision therefore comes from the ONNX file alone: Q/DQ nodes for INT8, tensor types for
-  FP16. ``fp16=True`` is refused there with the fix (convert the ONNX with ModelOpt AutoCast).
+  FP16. ``fp16=True`` sets no flag there: the float parts run in FP16 when the ONNX file was exported with
+  ``fp16=True`` (``--fp16``, which the export CLI passes to both steps), and in FP32 otherwise.
 * **One optimization profile** covers the dynamic batch dimension of every input: min = smallest of
   ``batch_sizes``, opt = the middle of the sorted distinct sizes (the upper middle one for an even count, so
   ``(1, 8, 32)`` → 8 and ``(1, 32)`` → 32), max = largest. Only the batch dimension may be dynamic.
