@@ -51,6 +51,9 @@ MAX_SQUEEZE_EXCITE_GATE_LENGTH = 8
 def user_decides(ref: LayerRef, qspec: QuantizationSpec | None) -> bool:
     """True when the user's spec has an entry for this layer: by path, by bare name, or by class.
 
+    A bare name counts even where ``quantize_model`` gives it to a top-level layer of the same name: a case leaving
+    such a layer alone errs on the side of the user's spec.
+
     ``quantize_model`` applies the user's spec above every case anyway; a case that also skips these layers keeps
     its own output honest (it never claims a placement the user has decided otherwise).
     """

@@ -111,13 +111,19 @@ def plan_quantization(
         sources.append((f"{type(case).__name__}", case_spec))
     sources.append(("quantization_spec", user_spec))
 
+    # A name is a path ("conv", "block/conv"); a bare name also finds a layer inside a nested model when no
+    # top-level layer has it and exactly one nested layer does (two would be ambiguous: the user must choose).
     by_name: dict[str, list[LayerRef]] = {}
+    nested_by_bare_name: dict[str, list[LayerRef]] = {}
     by_class: dict[str, list[LayerRef]] = {}
     for ref in refs:
         by_name.setdefault(ref.path, []).append(ref)
         if ref.layer.name != ref.path:
-            by_name.setdefault(ref.layer.name, []).append(ref)
+            nested_by_bare_name.setdefault(ref.layer.name, []).append(ref)
         by_class.setdefault(type(ref.layer).__name__, []).append(ref)
+    for bare, nested in nested_by_bare_name.items():
+        if bare not in by_name and len({id(ref.layer) for ref in nested}) == 1:
+            by_name[bare] = nested[:1]
 
     decisions: dict[int, tuple[tuple[int, ...], bool]] = {}
     if quantization_mode == "full":
@@ -140,6 +146,12 @@ def plan_quantization(
                 _apply(entry, ref, registry, decisions, source)
         for entry in name_entries:
             matched = by_name.get(entry.name, [])
+            if not matched and entry.name in nested_by_bare_name:
+                paths = sorted({ref.path for ref in nested_by_bare_name[entry.name]})
+                raise QuantizationSpecError(
+                    f"{source}: '{entry.name}' names {len(paths)} layers of nested models ({', '.join(paths)}). "
+                    "Name the one you mean by its path, e.g. spec.add('" + paths[0] + "')."
+                )
             if not matched:
                 hint = ""
                 if entry.name in by_class or registry.class_named(entry.name) or hasattr(keras.layers, entry.name):

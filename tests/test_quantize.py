@@ -12,6 +12,7 @@ from qdq_toolkit import (
     QDQWrapper,
     QuantizationSpec,
     QuantizationSpecError,
+    plan_quantization,
     quantize_model,
     quantized_layers,
 )
@@ -34,6 +35,27 @@ def nested_model():
     x = block(x)
     x = L.GlobalAveragePooling2D(name="gap")(x)
     return keras.Model(inputs, head(x), name="net")
+
+
+def test_a_bare_name_is_the_top_level_layer_else_the_one_nested_layer_of_that_name():
+    plan = lambda spec: sorted(p.path for p in plan_quantization(nested_model(), "partial", spec).values())  # noqa: E731
+    assert plan(QuantizationSpec().add("conv")) == ["conv"]  # not block/conv as well
+    assert plan(QuantizationSpec().add("fc")) == ["head/fc"]  # only one nested layer has the name
+    assert plan(QuantizationSpec().add("block/conv")) == ["block/conv"]
+
+
+def test_a_bare_name_two_nested_layers_share_is_refused_with_their_paths():
+    def branch(name):
+        inp = keras.Input((8, 8, 3))
+        return keras.Model(inp, L.Conv2D(4, 3, name="stem")(inp), name=name)
+
+    inputs = keras.Input((8, 8, 3))
+    model = keras.Model(inputs, L.Concatenate()([branch("left")(inputs), branch("right")(inputs)]))
+    with pytest.raises(QuantizationSpecError, match=r"'stem' names 2 layers of nested models \(left/stem, right/stem\)"):
+        quantize_model(model, "partial", QuantizationSpec().add("stem"))
+    assert [w.name for w in quantized_layers(quantize_model(model, "partial", QuantizationSpec().add("right/stem")))] == [
+        "quant_stem"
+    ]
 
 
 def data(n=64, seed=0):
