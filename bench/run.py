@@ -226,7 +226,15 @@ def bench_memory() -> dict:
     }
 
 
-def render(results: dict, when: str, where: str, command: str) -> str:
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when it is inside it (as BENCHMARKS.md names it)."""
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def render(results: dict, when: str, where: str, command: str, raw_path: str = "bench/results.json") -> str:
     train, quant, export, latency, memory = (
         results[k] for k in ("train_step", "quantize_model", "export", "onnx_latency", "memory")
     )
@@ -234,7 +242,7 @@ def render(results: dict, when: str, where: str, command: str) -> str:
         "# Benchmarks",
         "",
         f"Measured {when} on {where}.",
-        f"Command: `{command}` (all figures from this one run; raw numbers in `bench/results.json`).",
+        f"Command: `{command}` (all figures from this one run; raw numbers in `{raw_path}`).",
         "",
         "| figure | ours | target (DESIGN.md) | peers (DESIGN.md) |",
         "|---|---|---|---|",
@@ -283,12 +291,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run, not for the record)")
     parser.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"))
-    parser.add_argument("--force", action="store_true", help="overwrite an existing output (make bench passes it)")
+    parser.add_argument("--json", default=str(ROOT / "bench" / "results.json"), help="where the raw numbers go")
+    parser.add_argument("--force", action="store_true", help="overwrite existing outputs (make bench passes it)")
     args = parser.parse_args(argv)
-    output = Path(args.output)
-    if output.exists() and not args.force:
-        print(f"error: {output} exists; pass --force to overwrite it", file=sys.stderr)
-        return 1
+    output, raw = Path(args.output), Path(args.json)
+    for path in (output, raw):
+        if path.exists() and not args.force:
+            print(f"error: {path} exists; pass --force to overwrite it", file=sys.stderr)
+            return 1
     rounds, steps, repeats, runs = (2, 2, 2, 5) if args.quick else (7, 5, 5, 30)
     command = "make bench" + (" (--quick)" if args.quick else "")
     results = {}
@@ -305,14 +315,12 @@ def main(argv: list[str] | None = None) -> int:
         print("memory ...", file=sys.stderr, flush=True)
         results["memory"] = bench_memory()
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    text = render(results, when, machine(), command)
+    text = render(results, when, machine(), command, _shown(raw))
     from qdq_toolkit._files import write_atomically
 
-    write_atomically(output, text.encode(), force=True)
+    write_atomically(output, text.encode(), force=args.force)
     write_atomically(
-        ROOT / "bench" / "results.json",
-        json.dumps({"date": when, "machine": machine(), "results": results}, indent=2).encode(),
-        force=True,
+        raw, json.dumps({"date": when, "machine": machine(), "results": results}, indent=2).encode(), force=args.force
     )
     print(text)
     return 0
