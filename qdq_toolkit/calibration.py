@@ -756,5 +756,6 @@ def calibrate(
                 raise ValueError(f"{path}/{slot} saw no data during calibration; is this layer used by the model?")
             amax = collector.compute_amax(method, percentile=percentile if method == "percentile" else None)
             wrapper.set_activation_range(slot, amax)
-            rows.append(RangeRow(path, slot, float(amax), float(collector.max_abs), int(collector.num_values)))
+            stored = float(wrapper.activation_ranges()[slot].numpy())  # what export uses (after the quantizer's floor)
+            rows.append(RangeRow(path, slot, stored, float(collector.max_abs), int(collector.num_values)))
     return CalibrationReport(method, num_batches, num_samples, tuple(rows), percentile if method == "percentile" else None)

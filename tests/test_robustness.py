@@ -481,8 +481,10 @@ def test_dead_channels_and_zero_weights_keep_scales_positive(tmp_path):
     x = np.random.default_rng(0).normal(size=(64, 8, 8, 3)).astype(np.float32)
     report = calibrate(qmodel, x, "entropy", batch_size=16, progress=False)
     zero_input = next(row for row in report.rows if row.layer == "quant_conv_zero_input")
-    assert zero_input.max_abs == 0.0 and zero_input.amax > 0.0
+    assert zero_input.max_abs == 0.0 and zero_input.amax == pytest.approx(MIN_AMAX)
     assert all(np.isfinite(row.amax) and row.amax > 0 for row in report.rows)
+    stored = activation_ranges(qmodel)
+    assert {f"{row.layer}/{row.slot}": row.amax for row in report.rows} == stored, "the report shows what is stored"
 
     # a short fine-tuning (the all-zero layer frozen, so its output stays zero) keeps every range > 0
     qmodel.get_layer("quant_conv_zero_weights").trainable = False
