@@ -315,7 +315,7 @@ def test_python_api_bad_files(workdir):
         saved_model_to_onnx(workdir / "no_variables", workdir / "out.onnx", force=True)
     with pytest.raises(ValueError, match="is a file, not a SavedModel directory"):
         saved_model_to_onnx(workdir / "model.keras", workdir / "new.onnx")
-    with pytest.raises(TypeError, match=r"got PosixPath\. To export a file, load it first: keras\.models\.load_model"):
+    with pytest.raises(TypeError, match=r"got PosixPath\. To export a file, load it first: qdq_toolkit\.load_model\(path\)"):
         keras_to_onnx(workdir / "model.keras", workdir / "new.onnx")
     for name in ("truncated.onnx", "empty.onnx", "text.onnx"):
         with pytest.raises(ValueError, match="not a valid ONNX model"):
