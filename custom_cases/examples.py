@@ -11,6 +11,7 @@ import keras
 from custom_cases import ResNetV1QDQCase, user_decides
 from qdq_toolkit import (
     CustomQDQInsertionCase,
+    LayerNames,
     QuantizationSpec,
     inbound_layers,
     iter_layers,
@@ -32,6 +33,7 @@ class FloatClassifierQDQCase(CustomQDQInsertionCase):
 
     def case(self, keras_model: keras.Model, qspec: QuantizationSpec) -> QuantizationSpec:
         refs = iter_layers(keras_model)  # every leaf layer, with its path ("backbone/conv1") in nested models
+        names = LayerNames(refs)  # which layers each spec name selects, as quantize_model reads them
         by_layer = {id(ref.layer): ref for ref in refs}
         spec = QuantizationSpec()  # a new spec: never modify `qspec` (the user's) nor the model
         for ref in refs:
@@ -40,7 +42,7 @@ class FloatClassifierQDQCase(CustomQDQInsertionCase):
                 continue
             pooling = by_layer[id(inbound_layers(ref.layer)[0])]
             for target in (ref, pooling):
-                if not user_decides(target, qspec):  # what the user set for a layer is theirs
+                if not user_decides(target, qspec, names):  # what the user set for a layer is theirs
                     spec.add(target.path, quantize_input=False, quantize_weight=False)
         return spec
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import keras
 
-from qdq_toolkit.cases import LayerRef, inbound_layers, iter_layers, match_chain, outbound_layers
+from qdq_toolkit.cases import LayerNames, LayerRef, inbound_layers, iter_layers, match_chain, outbound_layers
 from qdq_toolkit.spec import QuantizationSpec
 
 L = keras.layers
@@ -48,19 +48,21 @@ MAX_SQUEEZE_EXCITE_GATE_LENGTH = 8
 
 
 # ---------------------------------------------------------------------------------------------- graph predicates
-def user_decides(ref: LayerRef, qspec: QuantizationSpec | None) -> bool:
-    """True when the user's spec has an entry for this layer: by path, by bare name, or by class.
+def user_decides(ref: LayerRef, qspec: QuantizationSpec | None, names: LayerNames | None = None) -> bool:
+    """True when the user's spec has an entry for this layer: by a name that selects it, or by its class.
 
-    A bare name counts even where ``quantize_model`` gives it to a top-level layer of the same name: a case leaving
-    such a layer alone errs on the side of the user's spec.
-
-    ``quantize_model`` applies the user's spec above every case anyway; a case that also skips these layers keeps
-    its own output honest (it never claims a placement the user has decided otherwise).
+    ``names`` (``LayerNames(keras_model)``, built once per case) applies ``quantize_model``'s naming rule exactly: a
+    bare name selects a top-level layer, else the one nested layer of that name. Without it, a layer's path and,
+    for a top-level layer, its name count -- which misses only a bare name given to a nested layer; ``quantize_model``
+    still applies the user's spec above every case.
     """
     if qspec is None:
         return False
-    by_name = any(qspec.get(name) is not None for name in (ref.path, ref.layer.name))
-    return by_name or qspec.get(type(ref.layer).__name__, is_keras_class=True) is not None
+    if qspec.get(type(ref.layer).__name__, is_keras_class=True) is not None:
+        return True
+    if names is not None:
+        return any(qspec.get(name) is not None and names.selects(name, ref) for name in {ref.path, ref.layer.name})
+    return qspec.get(ref.path) is not None
 
 
 def _feeds_one_layer(layer: keras.layers.Layer) -> bool:
@@ -183,8 +185,10 @@ def residual_qdq_spec(keras_model: keras.Model, qspec: QuantizationSpec | None =
     """
     spec = QuantizationSpec()
     depth_cache: dict[int, int] = {}
-    for ref in iter_layers(keras_model):
-        if type(ref.layer) is not L.Add or user_decides(ref, qspec):
+    refs = iter_layers(keras_model)
+    names = LayerNames(refs)
+    for ref in refs:
+        if type(ref.layer) is not L.Add or user_decides(ref, qspec, names):
             continue
         indices = residual_input_indices(ref.layer, depth_cache)
         spec.add(ref.path, quantize_input=True, quantize_weight=False, quantization_index=indices)
@@ -199,8 +203,10 @@ def batchnorm_qdq_spec(keras_model: keras.Model, qspec: QuantizationSpec | None 
     Scale layer; with its input quantized it runs in INT8 instead of switching the tensor back to float.
     """
     spec = QuantizationSpec()
-    for ref in iter_layers(keras_model):
-        if type(ref.layer) is L.BatchNormalization and not user_decides(ref, qspec) and not follows_convolution(ref.layer):
+    refs = iter_layers(keras_model)
+    names = LayerNames(refs)
+    for ref in refs:
+        if type(ref.layer) is L.BatchNormalization and not user_decides(ref, qspec, names) and not follows_convolution(ref.layer):
             spec.add(ref.path, quantize_input=True, quantize_weight=False)
     return spec
 
@@ -214,8 +220,10 @@ def maxpool_qdq_spec(keras_model: keras.Model, qspec: QuantizationSpec | None = 
     write the branches into one int8 buffer) instead of converting back to float.
     """
     spec = QuantizationSpec()
-    for ref in iter_layers(keras_model):
-        if type(ref.layer) in MAX_POOLING_CLASSES and not user_decides(ref, qspec):
+    refs = iter_layers(keras_model)
+    names = LayerNames(refs)
+    for ref in refs:
+        if type(ref.layer) in MAX_POOLING_CLASSES and not user_decides(ref, qspec, names):
             spec.add(ref.path, quantize_input=True, quantize_weight=False)
     return spec
 
@@ -229,7 +237,9 @@ def squeeze_excite_qdq_spec(keras_model: keras.Model, qspec: QuantizationSpec | 
     fuses into the convolution as an activation) are left alone.
     """
     spec = QuantizationSpec()
-    for ref in iter_layers(keras_model):
-        if type(ref.layer) is L.Multiply and not user_decides(ref, qspec) and is_squeeze_excite(ref.layer):
+    refs = iter_layers(keras_model)
+    names = LayerNames(refs)
+    for ref in refs:
+        if type(ref.layer) is L.Multiply and not user_decides(ref, qspec, names) and is_squeeze_excite(ref.layer):
             spec.add(ref.path, quantize_input=True, quantize_weight=False, quantization_index=[0, 1])
     return spec

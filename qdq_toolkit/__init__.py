@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "CustomQDQInsertionCase": "qdq_toolkit.cases",
+    "LayerNames": "qdq_toolkit.cases",
     "CalibrationReport": "qdq_toolkit.calibration",
     "calibrate": "qdq_toolkit.calibration",
     "inbound_layers": "qdq_toolkit.cases",

@@ -5,6 +5,7 @@ placements a model family needs (for example: QDQ on the shortcut input of each 
 the top-level ``custom_cases`` package; this module holds their base class and the helpers to walk a model:
 
 * :func:`iter_layers` — every leaf layer, with its path through nested Functional/Sequential models;
+* :class:`LayerNames` — which layers a spec entry's name selects (the rule ``quantize_model`` applies);
 * :func:`inbound_layers` / :func:`outbound_layers` — the layers feeding a layer and fed by it;
 * :func:`match_chain` — whether a chain of layer classes (e.g. Conv -> BatchNorm -> Activation) ends at a layer.
 
@@ -90,6 +91,45 @@ def iter_layers(model: keras.Model) -> list[LayerRef]:
 
     walk(model, "")
     return refs
+
+
+class LayerNames:
+    """How a spec entry's name selects the layers of one model -- the rule ``quantize_model`` applies.
+
+    A name is a layer's path (``"conv1"`` at the top level, ``"block/conv1"`` inside a nested model). A bare name
+    that no top-level layer has also selects the one nested layer of that name; when several nested layers share
+    it, it selects nothing and :attr:`ambiguous` lists their paths (``quantize_model`` refuses it).
+    """
+
+    def __init__(self, model_or_refs: keras.Model | Sequence[LayerRef]):
+        refs = iter_layers(model_or_refs) if isinstance(model_or_refs, keras.Model) else list(model_or_refs)
+        self._by_name: dict[str, list[LayerRef]] = {}
+        nested: dict[str, list[LayerRef]] = {}
+        for ref in refs:
+            self._by_name.setdefault(ref.path, []).append(ref)
+            if ref.layer.name != ref.path:
+                nested.setdefault(ref.layer.name, []).append(ref)
+        #: ``{bare name: [paths]}`` for bare names that several nested layers share.
+        self.ambiguous: dict[str, list[str]] = {}
+        for bare, candidates in nested.items():
+            if bare in self._by_name:
+                continue
+            if len({id(ref.layer) for ref in candidates}) == 1:
+                self._by_name[bare] = candidates[:1]
+            else:
+                self.ambiguous[bare] = sorted({ref.path for ref in candidates})
+
+    def select(self, name: str) -> list[LayerRef]:
+        """The layers ``name`` selects (empty when none, or when the name is ambiguous)."""
+        return list(self._by_name.get(name, ()))
+
+    def names(self) -> list[str]:
+        """Every name that selects a layer (for suggestions in error messages)."""
+        return list(self._by_name)
+
+    def selects(self, name: str, ref: LayerRef) -> bool:
+        """Whether ``name`` selects the layer of ``ref``."""
+        return any(candidate.layer is ref.layer for candidate in self._by_name.get(name, ()))
 
 
 def inbound_layers(layer: keras.layers.Layer, call_index: int = 0) -> list[keras.layers.Layer]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import keras
 
-from qdq_toolkit.cases import CustomQDQInsertionCase, LayerRef, iter_layers
+from qdq_toolkit.cases import CustomQDQInsertionCase, LayerNames, LayerRef, iter_layers
 from qdq_toolkit.quantizers import RangeTracking
 from qdq_toolkit.spec import LayerSpec, QuantizationSpec
 from qdq_toolkit.wrappers import DEFAULT_REGISTRY, QDQWrapper, WrapperRegistry
@@ -111,19 +111,10 @@ def plan_quantization(
         sources.append((f"{type(case).__name__}", case_spec))
     sources.append(("quantization_spec", user_spec))
 
-    # A name is a path ("conv", "block/conv"); a bare name also finds a layer inside a nested model when no
-    # top-level layer has it and exactly one nested layer does (two would be ambiguous: the user must choose).
-    by_name: dict[str, list[LayerRef]] = {}
-    nested_by_bare_name: dict[str, list[LayerRef]] = {}
+    names = LayerNames(refs)
     by_class: dict[str, list[LayerRef]] = {}
     for ref in refs:
-        by_name.setdefault(ref.path, []).append(ref)
-        if ref.layer.name != ref.path:
-            nested_by_bare_name.setdefault(ref.layer.name, []).append(ref)
         by_class.setdefault(type(ref.layer).__name__, []).append(ref)
-    for bare, nested in nested_by_bare_name.items():
-        if bare not in by_name and len({id(ref.layer) for ref in nested}) == 1:
-            by_name[bare] = nested[:1]
 
     decisions: dict[int, tuple[tuple[int, ...], bool]] = {}
     if quantization_mode == "full":
@@ -145,9 +136,9 @@ def plan_quantization(
             for ref in matched:
                 _apply(entry, ref, registry, decisions, source)
         for entry in name_entries:
-            matched = by_name.get(entry.name, [])
-            if not matched and entry.name in nested_by_bare_name:
-                paths = sorted({ref.path for ref in nested_by_bare_name[entry.name]})
+            matched = names.select(entry.name)
+            if entry.name in names.ambiguous:
+                paths = names.ambiguous[entry.name]
                 raise QuantizationSpecError(
                     f"{source}: '{entry.name}' names {len(paths)} layers of nested models ({', '.join(paths)}). "
                     "Name the one you mean by its path, e.g. spec.add('" + paths[0] + "')."
@@ -158,7 +149,7 @@ def plan_quantization(
                     hint = f" '{entry.name}' is a class name: add it with is_keras_class=True."
                 raise QuantizationSpecError(
                     f"{source}: there is no layer named '{entry.name}' in model '{model.name}'.{hint} Closest layer "
-                    f"names: {_closest(entry.name, by_name)}. Layers inside nested models can be named "
+                    f"names: {_closest(entry.name, names.names())}. Layers inside nested models can be named "
                     "'submodel/layer'."
                 )
             for ref in matched:
@@ -260,8 +251,8 @@ def quantized_layers(model: keras.Model) -> list[QDQWrapper]:
 def load_model(path, *, compile: bool = True, safe_mode: bool = True, custom_objects: dict | None = None):  # noqa: A002
     """Load a quantized model saved with ``model.save("qat.keras")``; outputs equal the saved model's exactly.
 
-    The same as ``keras.saving.load_model`` with the QDQ wrappers registered. (Importing any name from
-    ``qdq_toolkit`` -- or ``import qdq_toolkit.wrappers`` -- registers them too, after which plain
-    ``keras.models.load_model`` works; a bare ``import qdq_toolkit`` loads nothing until a name is used.)
+    The same as ``keras.saving.load_model`` with the QDQ wrappers registered. Plain ``keras.models.load_model``
+    works too once ``qdq_toolkit.wrappers`` is imported (``from qdq_toolkit import quantize_model`` does that); a
+    bare ``import qdq_toolkit`` imports no submodule until a name is used.
     """
     return keras.saving.load_model(path, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode)

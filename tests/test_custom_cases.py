@@ -398,8 +398,14 @@ def test_nested_layers_named_by_the_user_are_skipped():
     model = nested_model()
     by_path = ResidualConnectionQDQCase().case(model, QuantizationSpec().add("block/add", quantize_input=False))
     assert [entry.name for entry in by_path] == ["add"]
-    # a bare name matches every layer of that name (as in quantize_model), nested or not
-    assert len(ResidualConnectionQDQCase().case(model, QuantizationSpec().add("add", quantize_input=False))) == 0
+    # a bare name is the top-level layer when there is one (as in quantize_model): the nested add keeps its QDQ
+    by_bare_name = ResidualConnectionQDQCase().case(model, QuantizationSpec().add("add", quantize_input=False))
+    assert [entry.name for entry in by_bare_name] == ["block/add"]
+    planned = plan_quantization(model, "partial", QuantizationSpec().add("add", quantize_input=False), [ResidualConnectionQDQCase()])
+    assert {plan.path: plan.quantize_inputs for plan in planned.values()} == {"block/add": (0,)}
+    # else the one nested layer of that name
+    assert len(MaxPoolQDQCase().case(model, QuantizationSpec())) == 1
+    assert len(MaxPoolQDQCase().case(model, QuantizationSpec().add("pool", quantize_input=False))) == 0
 
 
 def test_rule_case_checks_its_arguments():
