@@ -259,3 +259,61 @@ def test_exporting_the_same_model_twice_gives_identical_bytes(trained, tmp_path)
     keras_to_onnx(trained.fp32_model, tmp_path / "other.onnx")  # another conversion in between
     second = keras_to_onnx(trained.qat_model, tmp_path / "second.onnx").path.read_bytes()
     assert first == second
+
+
+def pad_graph(pad_value_node, *, between_q_and_dq=False):
+    """x -> Q -> DQ -> Pad -> Relu (or x -> Q -> Pad -> DQ -> Relu), per-tensor int8, pads of 1 on the last axis."""
+    from onnx import TensorProto, helper
+
+    scale, zero = numpy_helper.from_array(np.array(0.05, np.float32), "s"), numpy_helper.from_array(np.array(0, np.int8), "z")
+    pads = numpy_helper.from_array(np.array([0, 0, 1, 0, 0, 1], np.int64), "pads")
+    q = helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="q")
+    if between_q_and_dq:
+        pad = helper.make_node("Pad", ["xq", "pads", "pad_value"], ["padded"], name="pad")
+        dq = helper.make_node("DequantizeLinear", ["padded", "s", "z"], ["xdq"], name="dq")
+        nodes, last = [q, pad_value_node, pad, dq], "xdq"
+    else:
+        dq = helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xdq"], name="dq")
+        pad = helper.make_node("Pad", ["xdq", "pads", "pad_value"], ["padded"], name="pad")
+        nodes, last = [q, dq, pad_value_node, pad], "padded"
+    nodes.append(helper.make_node("Relu", [last], ["y"], name="relu"))
+    graph = helper.make_graph(
+        nodes,
+        "pad",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, 6])],
+        [scale, zero, pads],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize(
+    "value_attribute",
+    [{"value_float": 0.0}, {"value": numpy_helper.from_array(np.array(0.0, np.float32))}],
+    ids=["value_float", "value"],
+)
+def test_a_zero_pad_after_dq_moves_above_the_quantizer(value_attribute):
+    from onnx import helper
+
+    from qdq_toolkit.export.onnx import sink_qdq_below_shape_ops
+
+    model = pad_graph(helper.make_node("Constant", [], ["pad_value"], **value_attribute))
+    x = np.random.default_rng(0).normal(size=(2, 3, 4)).astype(np.float32)
+    before = run_onnx(model, x)
+    assert sink_qdq_below_shape_ops(model) == 1
+    onnx.checker.check_model(model, full_check=True)
+    assert producers(model)["y"].op_type == "Relu" and producers(model)[producers(model)["y"].input[0]].op_type == "DequantizeLinear"
+    np.testing.assert_array_equal(run_onnx(model, x), before)
+
+
+def test_a_pad_that_is_not_zero_or_sits_between_q_and_dq_stays():
+    from onnx import helper
+
+    from qdq_toolkit.export.onnx import sink_qdq_below_shape_ops
+
+    one = pad_graph(helper.make_node("Constant", [], ["pad_value"], value_float=1.0))
+    assert sink_qdq_below_shape_ops(one) == 0
+    int8_zero = helper.make_node("Constant", [], ["pad_value"], value=numpy_helper.from_array(np.array(0, np.int8)))
+    inside = pad_graph(int8_zero, between_q_and_dq=True)
+    assert sink_qdq_below_shape_ops(inside) == 0
+    onnx.checker.check_model(inside, full_check=True)

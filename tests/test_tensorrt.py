@@ -404,6 +404,7 @@ def test_engine_from_a_toolkit_export_agrees_with_onnxruntime(usable_tensorrt, d
     engine = build_engine(onnx_path, tmp_path / "qat.plan", batch_sizes=(1, 32, 64), fp16=fp16)
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     input_name, output_name = session.get_inputs()[0].name, session.get_outputs()[0].name
+    agree = []
     with TensorRTRunner(engine) as runner:
         assert [spec.name for spec in runner.inputs] == [input_name]
         for start in range(0, len(images), 64):
@@ -412,6 +413,6 @@ def test_engine_from_a_toolkit_export_agrees_with_onnxruntime(usable_tensorrt, d
             got = runner(batch)[output_name].astype(np.float32)
             assert got.shape == expected.shape
             # Same int8 math; TensorRT accumulates in another order (and in FP16 for the float parts with fp16).
-            agreement = float((got.argmax(1) == expected.argmax(1)).mean())
-            assert agreement >= 0.98, (start, agreement)
             np.testing.assert_allclose(got, expected, atol=0.25 if fp16 else 0.1)
+            agree.extend(got.argmax(1) == expected.argmax(1))
+    assert len(agree) == len(images) and np.mean(agree) >= 0.99, np.mean(agree)

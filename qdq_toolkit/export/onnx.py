@@ -257,8 +257,8 @@ def sink_qdq_below_shape_ops(model: onnx.ModelProto) -> int:
     * ``Q -> S -> DQ``  becomes ``S -> Q -> DQ``;
     * ``Q -> DQ -> S -> op`` becomes ``S -> Q -> DQ -> op``.
 
-    A zero-valued constant ``Pad`` (Conv1D's causal padding) moves the same way: QDQ(0) is 0, so padding before or
-    after the quantizer gives the same tensor.
+    A zero-valued constant ``Pad`` after a DequantizeLinear (Conv1D's causal padding) moves the same way: QDQ(0) is
+    0, so padding before or after the quantizer gives the same tensor.
 
     Per-channel (weight) quantizers are left alone: moving them would change their axis.
     """
@@ -284,7 +284,9 @@ def sink_qdq_below_shape_ops(model: onnx.ModelProto) -> int:
                 users = [user for user in users if user.op_type != "Shape"]
             if len(users) != 1 or users[0].input[0] != node.output[0]:
                 continue
-            if users[0].op_type not in SHAPE_ONLY_OPS and not _is_zero_pad(users[0], initializers, made_by):
+            if users[0].op_type not in SHAPE_ONLY_OPS and not (
+                node.op_type == "DequantizeLinear" and _is_zero_pad(users[0], initializers, made_by)
+            ):  # a Pad between Q and DQ pads int8 values: left alone
                 continue
             shape_op = users[0]
             if node.op_type == "QuantizeLinear":  # Q -> S -> DQ  =>  S -> Q -> DQ
@@ -317,11 +319,19 @@ def _is_zero_pad(node: onnx.NodeProto, initializers: dict, made_by: dict) -> boo
         return False
     if len(node.input) < 3 or not node.input[2]:
         return True
+    import numpy as np
+
     value = node.input[2]
     if value in initializers:
         array = numpy_helper.to_array(initializers[value])
     elif value in made_by and made_by[value].op_type == "Constant":
-        array = numpy_helper.to_array(helper.get_attribute_value(made_by[value].attribute[0]))
+        attribute = made_by[value].attribute[0]
+        if attribute.name == "value":
+            array = numpy_helper.to_array(attribute.t)
+        elif attribute.name in ("value_float", "value_floats", "value_int", "value_ints"):
+            array = np.asarray(helper.get_attribute_value(attribute))
+        else:
+            return False
     else:
         return False
     return bool((array == 0).all())
