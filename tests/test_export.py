@@ -149,12 +149,18 @@ def test_ranges_no_data_ever_set_are_reported_at_export(trained, tmp_path):
     with pytest.warns(UnobservedRangeWarning, match=r"never observed .* Calibrate \(qdq_toolkit.calibrate\)"):
         result = keras_to_onnx(fresh, tmp_path / "fresh.onnx")
     assert result.unobserved_ranges == unobserved_ranges(fresh) and result.unobserved_ranges
+    export_saved_model(fresh, tmp_path / "fresh_saved")
+    with pytest.warns(UnobservedRangeWarning, match="never observed"):
+        from_saved = saved_model_to_onnx(tmp_path / "fresh_saved", tmp_path / "fresh_saved.onnx")
+    assert from_saved.unobserved_ranges == sorted(expected)
 
     calibrate(fresh, load_digits().train.images[:64], batch_size=32, progress=False)
     assert unobserved_ranges(fresh) == []
     with warnings.catch_warnings():
         warnings.simplefilter("error", UnobservedRangeWarning)
         assert keras_to_onnx(fresh, tmp_path / "calibrated.onnx").unobserved_ranges == []
+        export_saved_model(fresh, tmp_path / "calibrated_saved")
+        assert saved_model_to_onnx(tmp_path / "calibrated_saved", tmp_path / "calibrated_saved.onnx").unobserved_ranges == []
 
 
 def test_other_opsets_on_request(trained, tmp_path, real_inputs):

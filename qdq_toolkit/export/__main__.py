@@ -158,9 +158,11 @@ def _export(args, say) -> int:
                 warnings.simplefilter("ignore", UnobservedRangeWarning)
                 result = keras_to_onnx(model, output, opset=args.opset, fp16=args.fp16, force=args.force, progress=say)
         else:
-            result = saved_model_to_onnx(
-                args.saved_model, output, opset=args.opset, fp16=args.fp16, force=args.force, progress=say
-            )
+            with warnings.catch_warnings():  # reported below as one line
+                warnings.simplefilter("ignore", UnobservedRangeWarning)
+                result = saved_model_to_onnx(
+                    args.saved_model, output, opset=args.opset, fp16=args.fp16, force=args.force, progress=say
+                )
     except (ExportError, ValueError, TypeError, OSError) as exc:  # OSError: e.g. the output cannot be written
         raise CliError(str(exc).splitlines()[0]) from None
 

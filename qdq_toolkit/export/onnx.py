@@ -81,6 +81,19 @@ def unobserved_ranges(model) -> list[str]:
     ]
 
 
+_RANGE_STEPS = re.compile(r"^(?P<layer>.+)/(?P<slot>input(?:_\d+)?)_steps(?::\d+)?$")
+
+
+def _unobserved_in_saved_model(loaded) -> list[str]:
+    """:func:`unobserved_ranges` read from a loaded SavedModel: the wrappers' ``<slot>_steps`` variables at 0."""
+    names = []
+    for variable in getattr(loaded, "variables", ()):
+        match = _RANGE_STEPS.match(variable.name)
+        if match and variable.shape.rank == 0 and float(variable.numpy()) == 0.0:
+            names.append(f"{match['layer']}/{match['slot']}")
+    return sorted(set(names))
+
+
 def _warn_unobserved(names: list[str]) -> None:
     if not names:
         return
@@ -691,13 +704,20 @@ def saved_model_to_onnx(
     force: bool = False,
     progress: Progress | None = None,
 ) -> ExportResult:
-    """Convert a SavedModel (e.g. from :func:`export_saved_model` or ``model.export``) to ONNX."""
+    """Convert a SavedModel (e.g. from :func:`export_saved_model` or ``model.export``) to ONNX.
+
+    Activation ranges of a quantized model that no data ever set are reported as by :func:`keras_to_onnx`.
+    """
     path = check_output_path(output, force)
     _check_opset(opset)
     _say(progress, f"loading SavedModel {saved_model_dir}")
-    _loaded, function, inputs, outputs = _load_saved_model_function(Path(saved_model_dir), signature)
+    loaded, function, inputs, outputs = _load_saved_model_function(Path(saved_model_dir), signature)
+    unobserved = _unobserved_in_saved_model(loaded)
+    _warn_unobserved(unobserved)
     converted = finalize(_convert(function, opset, progress), outputs, fp16)
-    return _write(converted, path, opset, fp16, inputs, outputs, force, progress)
+    result = _write(converted, path, opset, fp16, inputs, outputs, force, progress)
+    result.unobserved_ranges = unobserved
+    return result
 
 
 def export_saved_model(model, directory: str | os.PathLike, *, force: bool = False, progress: Progress | None = None) -> Path:
