@@ -200,6 +200,19 @@ def _constant_node_value(node: onnx.NodeProto) -> _Constant:
     return _Constant(None, 0)
 
 
+def constant_array(name: str, initializers: dict, producers: dict) -> np.ndarray | None:
+    """The value of ``name`` when it is an initializer or the output of a Constant node, else None.
+
+    ``initializers``: ``{name: TensorProto}``; ``producers``: ``{output name: node}``.
+    """
+    if name in initializers:
+        return _tensor_to_constant(initializers[name]).value
+    node = producers.get(name)
+    if node is not None and node.op_type == "Constant":
+        return _constant_node_value(node).value
+    return None
+
+
 def _int_attr(node: onnx.NodeProto, name: str, default: int) -> int:
     for attr in node.attribute:
         if attr.name == name:

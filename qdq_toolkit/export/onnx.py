@@ -33,7 +33,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from qdq_toolkit._files import check_output_path, write_atomically
-from qdq_toolkit.export.checks import Violation, check_qdq_placement
+from qdq_toolkit.export.checks import Violation, check_qdq_placement, constant_array
 
 DEFAULT_OPSET = 13
 #: Ops ONNX Runtime's float16 converter must leave in float32: at opset 13, QuantizeLinear takes float32 input
@@ -332,22 +332,8 @@ def _is_zero_pad(node: onnx.NodeProto, initializers: dict, made_by: dict) -> boo
         return False
     if len(node.input) < 3 or not node.input[2]:
         return True
-    import numpy as np
-
-    value = node.input[2]
-    if value in initializers:
-        array = numpy_helper.to_array(initializers[value])
-    elif value in made_by and made_by[value].op_type == "Constant":
-        attribute = made_by[value].attribute[0]
-        if attribute.name == "value":
-            array = numpy_helper.to_array(attribute.t)
-        elif attribute.name in ("value_float", "value_floats", "value_int", "value_ints"):
-            array = np.asarray(helper.get_attribute_value(attribute))
-        else:
-            return False
-    else:
-        return False
-    return bool((array == 0).all())
+    value = constant_array(node.input[2], initializers, made_by)
+    return value is not None and bool((value == 0).all())
 
 
 WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
@@ -754,16 +740,12 @@ def export_saved_model(model, directory: str | os.PathLike, *, force: bool = Fal
 def onnx_scales(model: onnx.ModelProto) -> dict[str, list[float]]:
     """``{QuantizeLinear node name: scale values}``: handy to compare exports (e.g. one device vs. several)."""
     initializers = {init.name: init for init in model.graph.initializer}
-    constants = {
-        node.output[0]: helper.get_attribute_value(node.attribute[0])
-        for node in model.graph.node
-        if node.op_type == "Constant" and node.attribute
-    }
+    made_by = {out: node for node in model.graph.node for out in node.output}
     scales = {}
     for node in model.graph.node:
         if node.op_type != "QuantizeLinear":
             continue
-        tensor = initializers.get(node.input[1]) or constants.get(node.input[1])
-        if tensor is not None:
-            scales[node.name] = numpy_helper.to_array(tensor).ravel().tolist()
+        value = constant_array(node.input[1], initializers, made_by)
+        if value is not None:
+            scales[node.name] = value.ravel().tolist()
     return scales
