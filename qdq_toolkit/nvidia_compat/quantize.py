@@ -25,7 +25,7 @@ import difflib
 import importlib
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import keras
 
@@ -146,11 +146,21 @@ def _closest(name: str, names: list[str]) -> str:
     return ", ".join(matches) if matches else "(no similar names)"
 
 
+def _canonical_class_name(name: str) -> str:
+    """The class name Keras layers report for a ``keras.layers`` alias (``"GlobalMaxPool2D"`` -> ``"GlobalMaxPooling2D"``)."""
+    alias = getattr(keras.layers, name, None)
+    return alias.__name__ if isinstance(alias, type) and issubclass(alias, keras.layers.Layer) else name
+
+
 def _known_names_only(spec: NativeSpec, names: LayerNames, model_name: str, source: str, stacklevel: int = 3) -> NativeSpec:
-    """``spec`` without the entries that name a layer the model lacks, each reported with a warning."""
+    """``spec`` without the entries that name a layer the model lacks, each reported with a warning; class entries
+    use the name Keras layers report (NVIDIA matched ``layer.__class__.__name__``, so an alias never matched)."""
     kept = []
     for entry in spec:
-        if entry.is_keras_class or names.select(entry.name) or entry.name in names.ambiguous:
+        if entry.is_keras_class:
+            kept.append(replace(entry, name=_canonical_class_name(entry.name)))
+            continue
+        if names.select(entry.name) or entry.name in names.ambiguous:
             kept.append(entry)
             continue
         warnings.warn(
