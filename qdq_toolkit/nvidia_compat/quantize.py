@@ -10,7 +10,7 @@ What NVIDIA documents (docs.nvidia.com, TensorFlow Quantization Toolkit: ``quant
   ignored (qdq_toolkit's own ``quantize_model`` raises instead);
 * wrappers named ``<LayerClass>QuantizeWrapper`` that subclass
   :class:`~qdq_toolkit.nvidia_compat.BaseQuantizeWrapper` are used for their layer class, found when
-  ``quantize_model`` runs;
+  ``quantize_model`` runs (every other layer gets qdq_toolkit's native wrapper, with NVIDIA's defaults);
 * ``quantization_mode="partial"`` needs a spec or a case;
 * the package constants ``G_NUM_BITS``, ``G_NARROW_RANGE``, ``G_SYMMETRIC`` are read at each call.
 
@@ -204,11 +204,18 @@ def _case_result(case, model: keras.Model, user_spec, names: LayerNames) -> Nati
 
 
 def nvidia_style_wrappers() -> list[type[BaseQuantizeWrapper]]:
-    """Every ``<LayerClass>QuantizeWrapper`` subclass of ``BaseQuantizeWrapper`` defined so far whose name stands
-    for a layer class: the compat package's own first, then the ones defined elsewhere (yours), in definition
-    order, so that yours replace the package's for the same layer class."""
-    found = [wrapper for wrapper in all_subclasses(BaseQuantizeWrapper) if wrapper.layer_classes]
-    return sorted(found, key=lambda wrapper: wrapper not in NVIDIA_WRAPPERS)
+    """Every ``<LayerClass>QuantizeWrapper`` subclass of ``BaseQuantizeWrapper`` defined so far, outside this
+    package, whose name stands for a layer class, in definition order (a later one wins for the same class).
+
+    The package's own NVIDIA-named wrappers are left out: for those layer classes qdq_toolkit's native wrappers
+    (same QDQ, same defaults) are used, so that a saved ``.keras`` model loads in every qdq_toolkit tool without
+    importing this package.
+    """
+    return [
+        wrapper
+        for wrapper in all_subclasses(BaseQuantizeWrapper)
+        if wrapper not in NVIDIA_WRAPPERS and wrapper.layer_classes
+    ]
 
 
 def _check_settings() -> None:

@@ -8,10 +8,12 @@ The three bases NVIDIA documents for adding a layer ("Add New Layer Support"):
 * :class:`NonWeightedBaseQuantizeWrapperForMultipleInputs` -- layers taking a list (Add, Concatenate...): QDQ on
   the inputs a spec's ``quantization_index`` selects, or all of them.
 
-and NVIDIA's own wrappers, named by its convention ``<LayerClass>QuantizeWrapper``. A layer class qdq_toolkit
-already supports is computed by the native wrapper of :mod:`qdq_toolkit.wrappers` (same QDQ, same numbers); for
-a layer class of your own, a weighted wrapper calls your layer's ``call`` with the quantized kernel in place of
-the attribute ``kernel_type``.
+and NVIDIA's own wrappers, named by its convention ``<LayerClass>QuantizeWrapper``, to import and subclass.
+``quantize_model`` itself wraps those layer classes with qdq_toolkit's native wrappers (the same QDQ and defaults),
+so that saved models load in every qdq_toolkit tool; a wrapper you define with one of these names replaces the
+native one for its class. A weighted wrapper of a layer class qdq_toolkit supports is computed by the native
+wrapper of :mod:`qdq_toolkit.wrappers` (same QDQ, same numbers); for a layer class of your own, it calls your
+layer's ``call`` with the quantized kernel in place of the attribute ``kernel_type``.
 """
 
 from __future__ import annotations
