@@ -278,6 +278,29 @@ def test_weighted_new_layer_quantizes_input_and_kernel(tmp_path):
     np.testing.assert_array_equal(keras.models.load_model(path)(x).numpy(), q_model(x).numpy())
 
 
+class PropertyKernel(L.Layer):
+    def build(self, input_shape):
+        self._kernel = self.add_weight(name="kernel", shape=(input_shape[-1], 2))
+
+    @property
+    def kernel(self):
+        return self._kernel
+
+    def call(self, inputs):
+        return keras.ops.matmul(inputs, self.kernel)
+
+
+class PropertyKernelQuantizeWrapper(tq.WeightedBaseQuantizeWrapper):
+    pass
+
+
+def test_a_kernel_behind_a_property_is_refused_with_the_fix():
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, PropertyKernel(name="prop")(inputs))
+    with pytest.raises(TypeError, match="read-only property.*Override quantized_call"):
+        tq.quantize_model(model)
+
+
 # ------------------------------------------------------------ walkthrough 2: "Add Custom QDQ Insertion Case"
 def residual_model() -> keras.Model:
     inputs = keras.Input((12, 12, 3), name="image")
@@ -513,6 +536,13 @@ def test_keras_model_traveller_lists_layers_with_nested_models_expanded():
     convs = traveller.get_layer_names(model, filter_by_class=L.Conv2D)
     assert convs == [name for name in names if name in ("conv_a", "conv_b", "inner_conv")] and len(convs) == 3
     assert traveller.get_layer_names(model, filter_by_class=["Dense", L.Add]) == ["add", "head"]
+
+
+def test_keras_model_traveller_prints_layer_information(capsys):
+    utils.KerasModelTraveller(print_layer_config=True).get_layer_information(branching_model(), filter_by_class="Add")
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == f"layer name:add, layer class:{L.Add}"
+    assert "'name': 'add'" in printed[1] and printed[2] == "-----------------" and len(printed) == 3
 
 
 def test_assets_folders_never_delete_without_being_asked(tmp_path):

@@ -37,52 +37,19 @@ class _OnNativeCase(CustomQDQInsertionCase):
         return self.native().info()
 
 
-class BNQDQCase(_OnNativeCase):
-    """QDQ on the input of BatchNormalization layers that follow no convolution (ResNet v2's pre-activation)."""
-
-    native = custom_cases.BNQDQCase
-
-
-class ResidualConnectionQDQCase(_OnNativeCase):
-    """QDQ on every input of a residual Add except the convolution branch TensorRT fuses the Add into."""
-
-    native = custom_cases.ResidualConnectionQDQCase
+def _on_native(native: type[custom_cases.RuleCase]) -> type[_OnNativeCase]:
+    """NVIDIA's case class of the same name as ``native``, with its docstring."""
+    return type(native.__name__, (_OnNativeCase,), {"native": native, "__doc__": native.__doc__, "__module__": __name__})
 
 
-class MaxPoolQDQCase(_OnNativeCase):
-    """QDQ on the input of MaxPooling layers."""
-
-    native = custom_cases.MaxPoolQDQCase
-
-
-class ResNetV1QDQCase(_OnNativeCase):
-    """ResNet v1: residual connections."""
-
-    native = custom_cases.ResNetV1QDQCase
-
-
-class ResNetV2QDQCase(_OnNativeCase):
-    """ResNet v2: residual connections, BatchNorms that follow no convolution, MaxPooling."""
-
-    native = custom_cases.ResNetV2QDQCase
-
-
-class EfficientNetQDQCase(_OnNativeCase):
-    """EfficientNet: residual connections and both inputs of the squeeze-excite Multiply layers."""
-
-    native = custom_cases.EfficientNetQDQCase
-
-
-class MobileNetQDQCase(_OnNativeCase):
-    """MobileNet: residual connections."""
-
-    native = custom_cases.MobileNetQDQCase
-
-
-class InceptionQDQCase(_OnNativeCase):
-    """Inception: MaxPooling, so the Concatenate of pooled and convolution branches runs in INT8."""
-
-    native = custom_cases.InceptionQDQCase
+BNQDQCase = _on_native(custom_cases.BNQDQCase)
+ResidualConnectionQDQCase = _on_native(custom_cases.ResidualConnectionQDQCase)
+MaxPoolQDQCase = _on_native(custom_cases.MaxPoolQDQCase)
+ResNetV1QDQCase = _on_native(custom_cases.ResNetV1QDQCase)
+ResNetV2QDQCase = _on_native(custom_cases.ResNetV2QDQCase)
+EfficientNetQDQCase = _on_native(custom_cases.EfficientNetQDQCase)
+MobileNetQDQCase = _on_native(custom_cases.MobileNetQDQCase)
+InceptionQDQCase = _on_native(custom_cases.InceptionQDQCase)
 
 
 # ------------------------------------------------------------------------------------ helpers for case authors
@@ -116,17 +83,3 @@ def check_is_quantizable_by_layer_name(qspec: QuantizationSpec | None, current_l
     configs = qspec.layers if isinstance(qspec, QuantizationSpec) else as_native_spec(qspec, "qspec")
     return all(config.name != current_layer_name for config in configs)
 
-
-__all__ = [
-    "BNQDQCase",
-    "EfficientNetQDQCase",
-    "InceptionQDQCase",
-    "MaxPoolQDQCase",
-    "MobileNetQDQCase",
-    "ResNetV1QDQCase",
-    "ResNetV2QDQCase",
-    "ResidualConnectionQDQCase",
-    "check_is_quantizable_by_layer_name",
-    "is_parent_pattern",
-    "is_parent_type",
-]

@@ -78,10 +78,23 @@ class WeightedBaseQuantizeWrapper(BaseQuantizeWrapper):
                 f"{type(self).__name__}: layer '{self.layer.name}' ({type(self.layer).__name__}) has no attribute "
                 f"'{attribute}' after it was built. Pass the name of its kernel attribute as kernel_type."
             )
+        overridden = type(self).quantized_call is not WeightedBaseQuantizeWrapper.quantized_call
+        if not overridden and self._native() is None and isinstance(inspect.getattr_static(type(self.layer), attribute, None), property):
+            raise TypeError(
+                f"{type(self).__name__}: layer '{self.layer.name}' ({type(self.layer).__name__}) exposes '{attribute}' "
+                "as a read-only property, so the quantized kernel cannot be put in its place. Override "
+                "quantized_call(self, inputs, training=None, **kwargs) in the wrapper and compute the layer on "
+                f"self.quantized_kernel('{attribute}', training)."
+            )
+
+    def _native(self):
+        """The native wrapper class computing this layer with the same kernel, or None."""
+        native = DEFAULT_REGISTRY.wrapper_for(type(self.layer))
+        return native if native is not None and dict(native.kernel_axes) == dict(self.kernel_axes) else None
 
     def quantized_call(self, inputs, training=None, **kwargs):
-        native = DEFAULT_REGISTRY.wrapper_for(type(self.layer))
-        if native is not None and dict(native.kernel_axes) == dict(self.kernel_axes):
+        native = self._native()
+        if native is not None:
             return native.quantized_call(self, inputs, training, **kwargs)  # the native computation, on this wrapper
         (attribute,) = self.kernel_axes
         return _call_with_kernel(self.layer, attribute, self.quantized_kernel(attribute, training), inputs, training, kwargs)
@@ -89,12 +102,6 @@ class WeightedBaseQuantizeWrapper(BaseQuantizeWrapper):
 
 def _call_with_kernel(layer, attribute: str, kernel, inputs, training, kwargs):
     """``layer.call(inputs)`` with ``layer.<attribute>`` reading ``kernel`` (the attribute is restored after)."""
-    if isinstance(inspect.getattr_static(type(layer), attribute, None), property):
-        raise TypeError(
-            f"Layer '{layer.name}' ({type(layer).__name__}) exposes '{attribute}' as a read-only property, so the "
-            "quantized kernel cannot be put in its place. Override quantized_call(inputs, training) in the wrapper "
-            "and compute the layer on self.quantized_kernel('" + attribute + "', training)."
-        )
     parameters = inspect.signature(layer.call).parameters
     if "training" in parameters:
         kwargs = {**kwargs, "training": training}
