@@ -395,6 +395,7 @@ def test_custom_case_walkthrough_places_qdq_on_the_residual_input_only(custom_ca
     assert not graph.from_dq(graph.nodes("MaxPool")[0].input[0])
 
 
+@pytest.mark.slow
 def test_own_case_leaves_the_layers_the_user_named(custom_case_run):
     model, _, out = custom_case_run
     qspec = tq.QuantizationSpec()
@@ -410,6 +411,7 @@ def test_own_case_leaves_the_layers_the_user_named(custom_case_run):
     assert "pool" not in wrapped(q_model) and wrapped(q_model)["block_add"].quantize_inputs == (0,)
 
 
+@pytest.mark.slow
 def test_a_compat_model_saves_and_loads_without_the_compat_package(custom_case_run, tmp_path):
     _, _, out = custom_case_run
     q_model = out["resnet"]
