@@ -278,6 +278,24 @@ def test_weighted_new_layer_quantizes_input_and_kernel(tmp_path):
     np.testing.assert_array_equal(keras.models.load_model(path)(x).numpy(), q_model(x).numpy())
 
 
+def test_nvidias_own_wrapper_code_for_a_native_class_computes_what_the_native_wrapper_does():
+    inputs = keras.Input((6, 6, 3))
+    x = L.DepthwiseConv2D(3, name="depthwise")(inputs)
+    model = keras.Model(inputs, L.Conv2D(2, 1, name="pointwise")(x))
+    native = native_quantize_model(model)
+
+    class DepthwiseConv2DQuantizeWrapper(tq.WeightedBaseQuantizeWrapper):  # as NVIDIA writes it (Keras 2's name)
+        def __init__(self, layer, **kwargs):
+            super().__init__(layer, kernel_type="depthwise_kernel", **kwargs)
+
+    compat = tq.quantize_model(model)
+    depthwise = wrapped(compat)["depthwise"]
+    assert type(depthwise) is DepthwiseConv2DQuantizeWrapper and dict(depthwise.kernel_axes) == {"kernel": -2}
+    x = np.random.default_rng(2).normal(size=(2, 6, 6, 3)).astype(np.float32)
+    np.testing.assert_array_equal(compat(x).numpy(), native(x).numpy())
+    assert not np.array_equal(compat(x).numpy(), model(x).numpy())  # it does quantize
+
+
 class PropertyKernel(L.Layer):
     def build(self, input_shape):
         self._kernel = self.add_weight(name="kernel", shape=(input_shape[-1], 2))
