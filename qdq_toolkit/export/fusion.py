@@ -322,9 +322,16 @@ class _Analysis:
             return None
         return consumers[0]
 
+    def is_constant(self, name: str) -> bool:
+        """A constant, or a dequantized constant (a quantized bias or weight: still a build-time value)."""
+        if self.index.is_constant_expr(name):
+            return True
+        dq = self._dequantized(name)
+        return dq is not None and self.index.is_weight_qdq(dq)
+
     def _others_constant(self, node: onnx.NodeProto, tensor: str) -> bool:
         others = [name for name in node.input if name and name != tensor]
-        return bool(others) and all(self.index.is_constant_expr(name) for name in others)
+        return bool(others) and all(self.is_constant(name) for name in others)
 
     def _epilogue_step(self, node: onnx.NodeProto, tensor: str) -> str | None:
         """The epilogue step ``node`` is when it reads ``tensor`` (``bias``, ``batchnorm``, ``activation``)."""
@@ -340,7 +347,7 @@ class _Analysis:
 
     def _others_constant_or_none(self, node: onnx.NodeProto, tensor: str) -> bool:
         others = [name for name in node.input[1:] if name]
-        return all(self.index.is_constant_expr(name) for name in others)
+        return all(self.is_constant(name) for name in others)
 
     def _swish(self, tensor: str) -> tuple[onnx.NodeProto, onnx.NodeProto] | None:
         """``Mul(t, Sigmoid(t))`` reading ``tensor``: the Sigmoid and the Mul."""
@@ -422,7 +429,7 @@ class _Analysis:
         total = fused = 0
         for add in self.index.nodes_of("Add"):
             inputs = [name for name in add.input if name]
-            if len(inputs) < 2 or any(self.index.is_constant_expr(name) for name in inputs):
+            if len(inputs) < 2 or any(self.is_constant(name) for name in inputs):
                 continue
             direct = [(i, self.branch_end[name]) for i, name in enumerate(inputs) if name in self.branch_end]
             direct = [(i, op) for i, op in direct if COMPUTE_OPS[op.op_type].fuses_residual]
