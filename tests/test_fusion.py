@@ -171,7 +171,8 @@ def test_residual_add_fuses_when_only_the_shortcut_is_quantized():
     report = predict_fusion(_residual(branch_qdq=False, shortcut_qdq=True))
     assert report.findings == ()
     assert (report.residual_adds, report.residual_adds_fused) == (1, 1)
-    assert next(p for p in report.predictions if p.node == "c1").residual_add == "add"
+    fused = next(p for p in report.predictions if p.node == "c1")
+    assert fused.residual_add == "add" and fused.epilogue == ("bn1_mul", "bn1", "out")  # the Add's Relu too
     assert "1/1 residual Adds fused, 0 findings" in report.summary_line()
 
 
@@ -199,10 +200,20 @@ def test_requantization_chains(second_scale, rule):
     assert rules(g.model(g.conv(g.qdq("x", "x"), "c1"))) == []
 
 
+@pytest.mark.parametrize(("second_scale", "expected"), [(0.05, ["concat-scales-differ"]), (0.02, [])])
+def test_concat_inputs_share_one_scale(second_scale, expected):
+    g = Graph()
+    a = g.qdq(g.node("Relu", ["x"], "a"), "a", 0.02)
+    b = g.qdq(g.node("Sigmoid", ["x"], "b"), "b", second_scale)
+    out = g.conv(g.qdq(g.node("Concat", [a, b], "cat", axis=1), "cat"), "c1")
+    g.inits[[t.name for t in g.inits].index("c1_w")] = _init("c1_w", RNG.standard_normal((C, 2 * C, 3, 3)))
+    assert rules(g.model(out)) == expected
+
+
 def test_every_fusion_rule_has_a_severity_and_a_test():
     assert {severity for severity, _ in FUSION_RULES.values()} == {"error", "warning"}
     tested = {"qdq-before-epilogue", "batchnorm-not-fused", "residual-branch-qdq", "residual-input-not-quantized",
-              "redundant-qdq", "requantization"}
+              "redundant-qdq", "requantization", "concat-scales-differ"}
     assert {rule for rule, (severity, _) in FUSION_RULES.items() if severity == "warning"} == tested
 
 

@@ -79,6 +79,11 @@ FUSION_RULES: dict[str, tuple[str, str]] = {
         "The other input of a residual Add fused into an INT8 convolution must be quantized, or the fused kernel "
         "writes float.",
     ),
+    "concat-scales-differ": (
+        WARNING,
+        "Every input of an int8 Concat must carry the same scale (tensorrt_rules.SCALE_SHARING_OPS), or TensorRT "
+        "requantizes each input before writing the concatenation.",
+    ),
     "redundant-qdq": (
         WARNING,
         "A DequantizeLinear feeding a QuantizeLinear with the same scale requantizes to the same values: remove the "
@@ -425,7 +430,22 @@ class _Analysis:
             return None
         return self.branch_end.get(q.input[0])
 
-    def residual_adds(self, fused_into: dict[int, str]) -> tuple[int, int]:
+    def activation_tail(self, tensor: str) -> tuple[list[onnx.NodeProto], bool]:
+        """The activations fused after a residual Add reading ``tensor``, and whether a Q reads their output."""
+        tail: list[onnx.NodeProto] = []
+        while True:
+            swish = self._swish(tensor)
+            nxt = self._single_consumer(tensor)
+            if swish is not None:
+                tail += swish
+                tensor = swish[1].output[0]
+            elif nxt is not None and self._epilogue_step(nxt, tensor) == "activation":
+                tail.append(nxt)
+                tensor = nxt.output[0]
+            else:
+                return tail, nxt is not None and self.index.is_op(nxt, Q)
+
+    def residual_adds(self, fused_into: dict[int, tuple[str, list[onnx.NodeProto], bool]]) -> tuple[int, int]:
         total = fused = 0
         for add in self.index.nodes_of("Add"):
             inputs = [name for name in add.input if name]
@@ -465,8 +485,27 @@ class _Analysis:
                 )
                 continue
             fused += 1
-            fused_into[id(op_fused)] = label
+            fused_into[id(op_fused)] = (label, *self.activation_tail(add.output[0]))
         return total, fused
+
+    # -- scale sharing ---------------------------------------------------------------------------------------
+    def concat_scales(self) -> None:
+        for concat in self.index.nodes_of("Concat"):
+            dqs = [self._dequantized(name) for name in concat.input if name]
+            if len(dqs) < 2 or any(dq is None or self.index.is_weight_qdq(dq) for dq in dqs):
+                continue
+            scales = [self.index.params(dq).scale for dq in dqs]
+            if any(scale is None or scale.value is None or scale.value.size != 1 for scale in scales):
+                continue
+            values = sorted({float(scale.value.reshape(-1)[0]) for scale in scales})
+            if len(values) > 1:
+                self.finding(
+                    "concat-scales-differ",
+                    concat,
+                    f"the {len(dqs)} inputs of Concat {self.index.label(concat)!r} are dequantized with "
+                    f"{len(values)} different scales ({', '.join(f'{v:g}' for v in values[:4])}): TensorRT "
+                    "requantizes them to one scale before concatenating. Give every input the same quantizer.",
+                )
 
     # -- Q/DQ chains -----------------------------------------------------------------------------------------
     def requantization(self) -> None:
@@ -529,13 +568,17 @@ def predict_fusion(model: onnx.ModelProto | str | os.PathLike[str]) -> FusionRep
         elif quantized_out:
             analysis.branch_end[end] = op  # behind the Q: a residual Add reading it through Q/DQ is reported
         partial.append((op, precision, reason, epilogue, quantized_out))
-    fused_into: dict[int, str] = {}
+    fused_into: dict[int, tuple[str, list[onnx.NodeProto], bool]] = {}
     total, fused = analysis.residual_adds(fused_into) if analysis.has_qdq else (0, 0)
     analysis.requantization()
+    analysis.concat_scales()
     notes = []
     batchnorm_convs = 0
     predictions = []
     for op, precision, reason, epilogue, quantized_out in partial:
+        residual, tail, tail_quantized = fused_into.get(id(op), (None, [], False))
+        if residual is not None:  # the kernel ends after the Add and its activation
+            epilogue, quantized_out = [*epilogue, *tail], tail_quantized
         if COMPUTE_OPS[op.op_type].fuses_batchnorm and any(n.op_type in ("Mul", "Add") for n in epilogue):
             batchnorm_convs += 1
         predictions.append(
@@ -545,7 +588,7 @@ def predict_fusion(model: onnx.ModelProto | str | os.PathLike[str]) -> FusionRep
                 precision=precision,
                 reason=reason,
                 epilogue=tuple(index.label(n) for n in epilogue),
-                residual_add=fused_into.get(id(op)),
+                residual_add=residual,
                 output=INT8_PRECISION if quantized_out and precision == INT8_PRECISION else FLOAT_PRECISION,
                 keras_layer=keras_layer_name(op.name),
             )
