@@ -145,8 +145,8 @@ def fused_convolution(producer: keras.layers.Layer | None) -> keras.layers.Layer
                 return None
             has_batchnorm = has_batchnorm or optional == (L.BatchNormalization,)
             layer = _single_producer(layer)
-    fusing = BATCHNORM_FOLDING_CONV_CLASSES if has_batchnorm else RESIDUAL_FUSING_CONV_CLASSES
-    if isinstance(layer, RESIDUAL_FUSING_CONV_CLASSES) and isinstance(layer, fusing) and _feeds_one_layer(layer):
+    folds_batchnorm = not has_batchnorm or isinstance(layer, BATCHNORM_FOLDING_CONV_CLASSES)
+    if isinstance(layer, RESIDUAL_FUSING_CONV_CLASSES) and folds_batchnorm and _feeds_one_layer(layer):
         return layer
     return None
 

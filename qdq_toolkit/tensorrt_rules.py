@@ -114,8 +114,11 @@ COMPUTE_OPS: Mapping[str, ComputeOp] = MappingProxyType(
         "Conv": ComputeOp(
             "Conv", 0, "Conv kernels are (M, C/group, kH, kW): axis 0", fuses_batchnorm=True, fuses_residual=True
         ),
-        # NVIDIA/TensorRT#3412: no Q/DQ + ConvTranspose + BN fusion; activation epilogue only.
-        "ConvTranspose": ComputeOp("ConvTranspose", 1, "ConvTranspose kernels are (C, M/group, kH, kW): axis 1"),
+        # NVIDIA/TensorRT#3412: no Q/DQ + ConvTranspose + BN fusion; ModelOpt's get_fusible_backbone and residual
+        # map treat ConvTranspose as a backbone like Conv otherwise.
+        "ConvTranspose": ComputeOp(
+            "ConvTranspose", 1, "ConvTranspose kernels are (C, M/group, kH, kW): axis 1", fuses_residual=True
+        ),
         "MatMul": ComputeOp("MatMul", -1, "a MatMul weight is (..., K, N): the last axis", activation_weight=True),
         "Gemm": ComputeOp("Gemm", 1, "a Gemm weight is (K, N), or (N, K) with transB=1", axis_attribute=("transB", 0, 1)),
     }

@@ -313,6 +313,9 @@ def test_more_than_two_inputs_leave_only_the_deepest_convolution_branch():
         (lambda x: L.BatchNormalization()(L.ReLU()(L.Conv2D(4, 1)(x))), False),  # BN after the activation
         (lambda x: L.MaxPooling2D(1)(L.Conv2D(4, 1)(x)), False),
         (lambda x: L.Dense(4)(x), False),
+        (lambda x: L.Activation("softmax")(L.Conv2D(4, 1)(x)), False),  # no epilogue activation in TensorRT
+        (lambda x: L.ReLU()(L.Conv2DTranspose(4, 1)(x)), True),
+        (lambda x: L.BatchNormalization()(L.Conv2DTranspose(4, 1)(x)), False),  # no BN fusion (TensorRT#3412)
     ],
 )
 def test_what_counts_as_a_convolution_branch(tail, is_branch):

@@ -2,15 +2,9 @@
 
 TensorRT builds an INT8 engine from an *explicitly* quantized ONNX graph: QuantizeLinear/DequantizeLinear
 (Q/DQ) pairs mark where tensors are int8, and TensorRT fuses each DQ into the compute layer that follows it.
-It only does so when the graph obeys a few rules:
-
-* quantization is symmetric int8: every zero point is an int8 constant equal to 0;
-* every scale is a build-time constant, finite and > 0;
-* activations are quantized per tensor; only weights may be quantized per channel, on the output-channel
-  axis (Conv: 0, ConvTranspose: 1, MatMul weight (K, N): N, Gemm: 0 with ``transB=1`` else 1);
-* Conv/ConvTranspose/MatMul/Gemm are quantized on their *inputs*: both the data input and the weight come
-  from a DequantizeLinear. A layer with Q/DQ on only one of them runs in floating point;
-* a QuantizeLinear feeds only DequantizeLinear nodes with the same scale and zero point.
+It only does so when the graph obeys the rules declared in :mod:`qdq_toolkit.tensorrt_rules` (symmetric int8 with
+zero point 0, constant scales > 0, activations per tensor, weights per channel on each compute op's output-channel
+axis, both inputs of a compute op dequantized, every QuantizeLinear feeding matching DequantizeLinear nodes).
 
 :func:`check_qdq_placement` reports every breach of these rules as a :class:`Violation`;
 :func:`summarize_qdq` counts the Q/DQ nodes and the quantized compute layers; :func:`format_violations` and
@@ -18,7 +12,7 @@ It only does so when the graph obeys a few rules:
 
 Only the main graph is checked; a tensor read inside an If/Loop/Scan body counts as consumed by that node.
 Identity and Constant nodes are followed everywhere. Between a DequantizeLinear and a compute layer the
-shape-only ops TensorRT moves Q/DQ across (Reshape, Transpose, Flatten, Squeeze, Unsqueeze) are followed too,
+shape-only ops TensorRT moves Q/DQ across (``tensorrt_rules.SHAPE_ONLY_OPS``) are followed too,
 and a weight per-channel axis is mapped back through Transposes. Between a QuantizeLinear and its
 DequantizeLinear they are not: ``Q -> Transpose -> DQ`` is reported, with the fix (move the Transpose above
 the QuantizeLinear).
