@@ -93,7 +93,7 @@ class ComputeOp:
         activation_weight: the "weight" may be an activation (MatMul of two activations, e.g. attention
             ``Q @ K^T`` and ``probs @ V``): then both inputs are quantized per tensor, as ModelOpt does.
         fuses_batchnorm: a BatchNorm after it (a BatchNormalization node, or a Mul and an Add by per-channel
-            constants, as Keras 3 exports it) folds into the kernel.
+            constants, as Keras 3 exports it) folds into the kernel; for MatMul/Gemm: a Mul/Add by constants.
         fuses_residual: a residual Add after it fuses into the kernel's epilogue.
     """
 
@@ -119,8 +119,18 @@ COMPUTE_OPS: Mapping[str, ComputeOp] = MappingProxyType(
         "ConvTranspose": ComputeOp(
             "ConvTranspose", 1, "ConvTranspose kernels are (C, M/group, kH, kW): axis 1", fuses_residual=True
         ),
-        "MatMul": ComputeOp("MatMul", -1, "a MatMul weight is (..., K, N): the last axis", activation_weight=True),
-        "Gemm": ComputeOp("Gemm", 1, "a Gemm weight is (K, N), or (N, K) with transB=1", axis_attribute=("transB", 0, 1)),
+        # ModelOpt's partitioning: pointwise ops whose other inputs are constants (bias, scale) join the partition
+        # of a MatMul/Gemm backbone too.
+        "MatMul": ComputeOp(
+            "MatMul", -1, "a MatMul weight is (..., K, N): the last axis", activation_weight=True, fuses_batchnorm=True
+        ),
+        "Gemm": ComputeOp(
+            "Gemm",
+            1,
+            "a Gemm weight is (K, N), or (N, K) with transB=1",
+            axis_attribute=("transB", 0, 1),
+            fuses_batchnorm=True,
+        ),
     }
 )
 

@@ -121,9 +121,13 @@ def test_attention_matmul_with_two_activation_inputs():
         k = g.node("Transpose", [g.node("Sigmoid", ["x"], "k")], "kt", perm=[0, 1, 3, 2])
         k_in = g.qdq(k, "k") if quantize_both else k
         g.node("MatMul", [g.qdq(q, "q"), k_in], "scores")
-        p = prediction(g.model("scores"), "scores")
+        scaled = g.node("Mul", ["scores", g.const("inv_sqrt_d", 0.125)], "scaled")  # the 1/sqrt(d) epilogue
+        model = g.model(g.node("Softmax", [scaled], "probs", axis=-1))
+        p = prediction(model, "scores")
         assert p.precision == expected, p.reason
         assert ("attention MatMul" in p.reason) == quantize_both
+        assert p.epilogue == ("scaled",)
+        assert [f.severity for f in predict_fusion(model).findings] == ([] if quantize_both else ["error"])
 
 
 # ------------------------------------------------------------------------------------- epilogue breakers

@@ -579,7 +579,7 @@ def predict_fusion(model: onnx.ModelProto | str | os.PathLike[str]) -> FusionRep
         residual, tail, tail_quantized = fused_into.get(id(op), (None, [], False))
         if residual is not None:  # the kernel ends after the Add and its activation
             epilogue, quantized_out = [*epilogue, *tail], tail_quantized
-        if COMPUTE_OPS[op.op_type].fuses_batchnorm and any(n.op_type in ("Mul", "Add") for n in epilogue):
+        if op.op_type == "Conv" and any(n.op_type == "Mul" and n not in tail for n in epilogue):
             batchnorm_convs += 1
         predictions.append(
             Prediction(
