@@ -9,31 +9,65 @@ the returned spec is used on its own.
 
 Layers are selected by *exact* class (``type(layer) is keras.layers.Add``), as the wrapper registry looks wrappers
 up: a subclass may compute something else and has no wrapper unless the user registers one.
+
+The TensorRT facts behind the rules (which ops fuse a BatchNorm, an activation or a residual Add) are declared once
+in :mod:`qdq_toolkit.tensorrt_rules`; this module only maps Keras classes onto the ONNX ops they export as.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
 
 import keras
 
 from qdq_toolkit.cases import LayerNames, LayerRef, inbound_layers, iter_layers, match_chain, outbound_layers
 from qdq_toolkit.spec import QuantizationSpec
+from qdq_toolkit.tensorrt_rules import COMPUTE_OPS, is_activation
 
 L = keras.layers
 
-#: Layers TensorRT runs as a convolution, whose epilogue can absorb a BatchNorm, an activation and an Add.
-CONV_CLASSES: tuple[type, ...] = (
-    L.Conv1D,
-    L.Conv2D,
-    L.Conv3D,
-    L.DepthwiseConv1D,
-    L.DepthwiseConv2D,
-    L.SeparableConv1D,
-    L.SeparableConv2D,
-    L.Conv1DTranspose,
-    L.Conv2DTranspose,
-    L.Conv3DTranspose,
+#: Keras convolution classes -> the ONNX op each exports as; what TensorRT fuses into that op (BatchNorm, residual
+#: Add) is :data:`qdq_toolkit.tensorrt_rules.COMPUTE_OPS`.
+CONV_ONNX_OPS: Mapping[type, str] = MappingProxyType(
+    {
+        L.Conv1D: "Conv",
+        L.Conv2D: "Conv",
+        L.Conv3D: "Conv",
+        L.DepthwiseConv1D: "Conv",
+        L.DepthwiseConv2D: "Conv",
+        L.SeparableConv1D: "Conv",
+        L.SeparableConv2D: "Conv",
+        L.Conv1DTranspose: "ConvTranspose",
+        L.Conv2DTranspose: "ConvTranspose",
+        L.Conv3DTranspose: "ConvTranspose",
+    }
 )
-#: Activations that may end a convolution branch (fused into the convolution's epilogue).
+#: Layers TensorRT runs as a convolution.
+CONV_CLASSES: tuple[type, ...] = tuple(CONV_ONNX_OPS)
+#: Convolutions whose epilogue absorbs a following BatchNorm / a residual Add (per the TensorRT table).
+BATCHNORM_FOLDING_CONV_CLASSES: tuple[type, ...] = tuple(c for c, op in CONV_ONNX_OPS.items() if COMPUTE_OPS[op].fuses_batchnorm)
+RESIDUAL_FUSING_CONV_CLASSES: tuple[type, ...] = tuple(c for c, op in CONV_ONNX_OPS.items() if COMPUTE_OPS[op].fuses_residual)
+#: Keras activation function names -> the ONNX op they export as (swish/silu: ``x * Sigmoid(x)``).
+ACTIVATION_ONNX_OPS: Mapping[str, str] = MappingProxyType(
+    {
+        "relu": "Relu",
+        "relu6": "Clip",
+        "leaky_relu": "LeakyRelu",
+        "elu": "Elu",
+        "selu": "Selu",
+        "sigmoid": "Sigmoid",
+        "hard_sigmoid": "HardSigmoid",
+        "tanh": "Tanh",
+        "softplus": "Softplus",
+        "silu": "Sigmoid",
+        "swish": "Sigmoid",
+        "hard_silu": "HardSwish",
+        "hard_swish": "HardSwish",
+    }
+)
+#: Activation layers that may end a convolution branch (fused into the convolution's epilogue, see
+#: :func:`is_fused_activation`).
 ACTIVATION_CLASSES: tuple[type, ...] = (L.Activation, L.ReLU)
 #: Layers that are the identity at inference: they vanish from the exported graph, so they never block a fusion.
 INFERENCE_IDENTITY_CLASSES: tuple[type, ...] = (L.Dropout, L.GaussianDropout, L.AlphaDropout, L.GaussianNoise, L.Identity)
@@ -74,11 +108,25 @@ def _single_producer(layer: keras.layers.Layer) -> keras.layers.Layer | None:
     return producers[0] if len(producers) == 1 else None
 
 
+def is_fused_activation(layer: keras.layers.Layer) -> bool:
+    """True for an activation layer whose ONNX op TensorRT fuses into a convolution's epilogue.
+
+    ``ReLU`` exports as Relu, Clip (``max_value``) or LeakyRelu (``negative_slope``), all fused; an ``Activation``
+    layer is looked up by its function's name in :data:`ACTIVATION_ONNX_OPS`.
+    """
+    if type(layer) is L.ReLU:
+        return True
+    if type(layer) is L.Activation:
+        op = ACTIVATION_ONNX_OPS.get(getattr(layer.activation, "__name__", ""))
+        return op is not None and is_activation(op)
+    return False
+
+
 def fused_convolution(producer: keras.layers.Layer | None) -> keras.layers.Layer | None:
     """The convolution TensorRT can fuse an ``Add`` into when one Add input is ``producer``'s output, else None.
 
-    TensorRT rule: a convolution kernel's epilogue applies its bias, a BatchNorm folded into it and its activation,
-    and can add one other tensor (the residual). So the Add input must come from a *convolution branch*, read
+    TensorRT rule (:data:`qdq_toolkit.tensorrt_rules.RESIDUAL_ADD`): a convolution kernel's epilogue applies its
+    bias, a BatchNorm folded into it and its activation, and can add one other tensor (the residual). So the Add input must come from a *convolution branch*, read
     backwards from the Add (the chains NVIDIA's toolkit treats as fusable, with ReLU and Dropout-like layers)::
 
         Conv [-> BatchNormalization] [-> Activation | ReLU] [-> Dropout-like layer]
@@ -88,19 +136,25 @@ def fused_convolution(producer: keras.layers.Layer | None) -> keras.layers.Layer
     memory, so it cannot be fused away.
     """
     layer = producer
+    has_batchnorm = False
     for optional in (INFERENCE_IDENTITY_CLASSES, ACTIVATION_CLASSES, (L.BatchNormalization,)):
         if isinstance(layer, optional):
+            if optional is ACTIVATION_CLASSES and not is_fused_activation(layer):
+                return None
             if not _feeds_one_layer(layer):
                 return None
+            has_batchnorm = has_batchnorm or optional == (L.BatchNormalization,)
             layer = _single_producer(layer)
-    if isinstance(layer, CONV_CLASSES) and _feeds_one_layer(layer):
+    folds_batchnorm = not has_batchnorm or isinstance(layer, BATCHNORM_FOLDING_CONV_CLASSES)
+    if isinstance(layer, RESIDUAL_FUSING_CONV_CLASSES) and folds_batchnorm and _feeds_one_layer(layer):
         return layer
     return None
 
 
 def follows_convolution(batch_norm: keras.layers.Layer) -> bool:
-    """True when ``batch_norm`` reads a convolution that feeds only it: TensorRT folds it into that convolution."""
-    return match_chain(batch_norm, [CONV_CLASSES, L.BatchNormalization])
+    """True when ``batch_norm`` reads a convolution that feeds only it and that TensorRT folds a BatchNorm into
+    (not a ConvTranspose: :data:`qdq_toolkit.tensorrt_rules.COMPUTE_OPS`)."""
+    return match_chain(batch_norm, [BATCHNORM_FOLDING_CONV_CLASSES, L.BatchNormalization])
 
 
 def is_squeeze_excite(multiply: keras.layers.Layer) -> bool:

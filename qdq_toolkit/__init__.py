@@ -26,6 +26,7 @@ _EXPORTS = {
     "iter_layers": "qdq_toolkit.cases",
     "match_chain": "qdq_toolkit.cases",
     "outbound_layers": "qdq_toolkit.cases",
+    "predict_fusion": "qdq_toolkit.export.fusion",
     "QuantizationSpecError": "qdq_toolkit.quantize",
     "load_model": "qdq_toolkit.quantize",
     "plan_quantization": "qdq_toolkit.quantize",

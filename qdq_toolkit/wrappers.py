@@ -5,7 +5,8 @@ its outputs**: TensorRT fuses a convolution or GEMM with the QDQ of its inputs a
 reads the next layer's input QDQ as the scale of that kernel's output. A QDQ on an output would sit between the
 kernel and its bias/activation epilogue and break the fusion.
 
-Each wrapper's docstring states the TensorRT rule behind its placement. To support a new layer class, subclass
+Each wrapper's docstring states the TensorRT rule behind its placement; the rules themselves (compute ops, their
+ONNX weight axes, fusions) are declared once in :mod:`qdq_toolkit.tensorrt_rules`. To support a new layer class, subclass
 :class:`QDQWrapper` (input-only layers need nothing more than ``layer_classes``; layers with weights override
 :meth:`QDQWrapper.quantized_call`) and pass the class to ``quantize_model(..., custom_wrappers=[MyWrapper])``.
 """
@@ -217,7 +218,7 @@ class ConvQDQWrapper(QDQWrapper):
     """Conv1D / Conv2D / Conv3D: QDQ on the data input (per tensor) and the kernel (per output channel).
 
     TensorRT rule: a convolution runs in INT8 when both its data and weight inputs come from DequantizeLinear;
-    weights may be per-channel on the output-channel axis (ONNX Conv weight axis 0; Keras kernel axis -1), the data
+    weights may be per-channel on the output-channel axis (ONNX: ``tensorrt_rules.COMPUTE_OPS``; Keras kernel -1), the data
     input must be per-tensor. Bias, BatchNorm folded in and the activation are fused into the kernel's epilogue.
     """
 
@@ -335,8 +336,8 @@ class SeparableConvQDQWrapper(QDQWrapper):
 class ConvTransposeQDQWrapper(QDQWrapper):
     """Conv1DTranspose / Conv2DTranspose / Conv3DTranspose: QDQ on the input and the kernel (per output channel).
 
-    TensorRT rule: ConvTranspose runs in INT8 with DQ on data and weights; its weights are per-channel on ONNX axis 1
-    (the output channels of a (C_in, C_out, kH, kW) weight). The Keras kernel is (..., out, in): axis -2.
+    TensorRT rule: ConvTranspose runs in INT8 with DQ on data and weights, weights per output channel (the ONNX axis
+    is in ``tensorrt_rules.COMPUTE_OPS``). The Keras kernel is (..., out, in): axis -2.
     """
 
     layer_classes = (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose, keras.layers.Conv3DTranspose)

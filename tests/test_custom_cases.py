@@ -313,6 +313,9 @@ def test_more_than_two_inputs_leave_only_the_deepest_convolution_branch():
         (lambda x: L.BatchNormalization()(L.ReLU()(L.Conv2D(4, 1)(x))), False),  # BN after the activation
         (lambda x: L.MaxPooling2D(1)(L.Conv2D(4, 1)(x)), False),
         (lambda x: L.Dense(4)(x), False),
+        (lambda x: L.Activation("softmax")(L.Conv2D(4, 1)(x)), False),  # no epilogue activation in TensorRT
+        (lambda x: L.ReLU()(L.Conv2DTranspose(4, 1)(x)), True),
+        (lambda x: L.BatchNormalization()(L.Conv2DTranspose(4, 1)(x)), False),  # no BN fusion (TensorRT#3412)
     ],
 )
 def test_what_counts_as_a_convolution_branch(tail, is_branch):
@@ -470,12 +473,20 @@ def dequantized_inputs(graph: onnx.GraphProto) -> list[tuple[onnx.NodeProto, int
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_onnx_placements(zoo, family):
     from qdq_toolkit.export.checks import check_qdq_placement, summarize_qdq
+    from qdq_toolkit.export.fusion import predict_fusion
 
     model, exported = zoo.model(family), zoo.onnx(family)
     expected = expected_wrappers(model, family)
     layers = {layer.name: layer for layer in model.layers}
 
     assert check_qdq_placement(exported) == []
+    report = predict_fusion(exported)
+    assert report.findings == ()
+    convolutions = sum(isinstance(layer, (L.Conv2D, L.DepthwiseConv2D)) for layer in model.layers)
+    assert report.counts()["convolutions_int8"] == report.counts()["convolutions"] == convolutions
+    adds = sum(type(layer) is L.Add for layer in model.layers)
+    assert report.residual_adds_fused == (adds if FAMILIES[family]["main_suffix"] else 0)
+    assert all(p.keras_layer for p in report.predictions)
     summary = summarize_qdq(exported)
     compute_layers = sum(isinstance(layer, (L.Conv2D, L.DepthwiseConv2D, L.Dense)) for layer in model.layers)
     assert summary["quantized_op_count"] == compute_layers

@@ -5,6 +5,7 @@ function needs them.
 """
 
 from qdq_toolkit.export.checks import Violation, check_qdq_placement, format_violations, summarize_qdq
+from qdq_toolkit.export.fusion import Finding, FusionReport, Prediction, predict_fusion
 from qdq_toolkit.export.onnx import (
     ExportError,
     ExportResult,
@@ -18,12 +19,16 @@ from qdq_toolkit.export.onnx import (
 __all__ = [
     "ExportError",
     "ExportResult",
+    "Finding",
+    "FusionReport",
+    "Prediction",
     "UnobservedRangeWarning",
     "Violation",
     "check_qdq_placement",
     "export_saved_model",
     "format_violations",
     "keras_to_onnx",
+    "predict_fusion",
     "saved_model_to_onnx",
     "summarize_qdq",
     "unobserved_ranges",

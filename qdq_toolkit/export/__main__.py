@@ -30,7 +30,8 @@ exit codes:
   {EXIT_OK}    success (and, with --check, no TensorRT placement violations)
   {EXIT_ERROR}    error: bad path, corrupt input, conversion failure, output exists without --force
   {EXIT_USAGE}    bad command-line usage
-  {EXIT_VIOLATIONS}    --check found TensorRT QDQ placement violations (the ONNX file is still written)
+  {EXIT_VIOLATIONS}    --check found TensorRT QDQ placement errors, or with --strict also fusion warnings
+       (the ONNX file is still written)
   {EXIT_NO_TENSORRT}    --engine asked for but TensorRT or a GPU is missing (the ONNX file is still written)
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C); no partial output is left behind
 
@@ -68,9 +69,14 @@ def _parser() -> argparse.ArgumentParser:
         help="check TensorRT QDQ placement rules: of the exported file, or of ONNX when given alone",
     )
     parser.add_argument("--json", action="store_true", help="print the check report as JSON")
+    parser.add_argument(
+        "--strict", action="store_true", help="with --check: exit 3 on fusion warnings too, not only on errors"
+    )
     parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress messages")
-    parser.add_argument("--verbose", action="store_true", help="show TensorFlow's own log output")
+    parser.add_argument(
+        "--verbose", action="store_true", help="show TensorFlow's own log output; with --check, a per-layer table"
+    )
     return parser
 
 
@@ -84,23 +90,17 @@ def _batch_sizes(text: str) -> tuple[int, ...]:
     return sizes
 
 
-def _check_file(path: str, as_json: bool) -> int:
-    from qdq_toolkit.export.checks import (
-        check_qdq_placement,
-        format_violations,
-        load_onnx_model,
-        summarize_qdq,
-        violations_to_json,
-    )
+def _check_file(path: str, as_json: bool, *, verbose: bool = False, strict: bool = False) -> int:
+    from qdq_toolkit.export.checks import load_onnx_model
+    from qdq_toolkit.export.fusion import check_report
 
     try:
         model = load_onnx_model(path)
     except (FileNotFoundError, ValueError, TypeError) as exc:
         raise CliError(str(exc)) from None
-    violations = check_qdq_placement(model)
-    summary = summarize_qdq(model)
-    print(violations_to_json(violations, summary, model_path=path) if as_json else format_violations(violations, summary))
-    return EXIT_VIOLATIONS if violations else EXIT_OK
+    text, report = check_report(model, model_path=path, as_json=as_json, verbose=verbose)
+    print(text)
+    return EXIT_VIOLATIONS if report.errors or (strict and report.warnings) else EXIT_OK
 
 
 def _load_keras(path: Path):
@@ -183,7 +183,7 @@ def _export(args, say) -> int:
 
     status = EXIT_OK
     if args.check is not None:
-        status = _check_file(str(result.path), args.json)
+        status = _check_file(str(result.path), args.json, verbose=args.verbose, strict=args.strict)
     elif result.violations:
         say(f"warning: {len(result.violations)} TensorRT placement violation(s); run with --check to list them")
 
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
                     file=sys.stderr,
                 )
                 return EXIT_USAGE
-            return _check_file(args.check, args.json)
+            return _check_file(args.check, args.json, verbose=args.verbose, strict=args.strict)
         with native_stderr_silenced(not args.verbose):
             return _export(args, say)
     except CliError as exc:

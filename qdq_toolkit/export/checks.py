@@ -2,15 +2,9 @@
 
 TensorRT builds an INT8 engine from an *explicitly* quantized ONNX graph: QuantizeLinear/DequantizeLinear
 (Q/DQ) pairs mark where tensors are int8, and TensorRT fuses each DQ into the compute layer that follows it.
-It only does so when the graph obeys a few rules:
-
-* quantization is symmetric int8: every zero point is an int8 constant equal to 0;
-* every scale is a build-time constant, finite and > 0;
-* activations are quantized per tensor; only weights may be quantized per channel, on the output-channel
-  axis (Conv: 0, ConvTranspose: 1, MatMul weight (K, N): N, Gemm: 0 with ``transB=1`` else 1);
-* Conv/ConvTranspose/MatMul/Gemm are quantized on their *inputs*: both the data input and the weight come
-  from a DequantizeLinear. A layer with Q/DQ on only one of them runs in floating point;
-* a QuantizeLinear feeds only DequantizeLinear nodes with the same scale and zero point.
+It only does so when the graph obeys the rules declared in :mod:`qdq_toolkit.tensorrt_rules` (symmetric int8 with
+zero point 0, constant scales > 0, activations per tensor, weights per channel on each compute op's output-channel
+axis, both inputs of a compute op dequantized, every QuantizeLinear feeding matching DequantizeLinear nodes).
 
 :func:`check_qdq_placement` reports every breach of these rules as a :class:`Violation`;
 :func:`summarize_qdq` counts the Q/DQ nodes and the quantized compute layers; :func:`format_violations` and
@@ -18,7 +12,7 @@ It only does so when the graph obeys a few rules:
 
 Only the main graph is checked; a tensor read inside an If/Loop/Scan body counts as consumed by that node.
 Identity and Constant nodes are followed everywhere. Between a DequantizeLinear and a compute layer the
-shape-only ops TensorRT moves Q/DQ across (Reshape, Transpose, Flatten, Squeeze, Unsqueeze) are followed too,
+shape-only ops TensorRT moves Q/DQ across (``tensorrt_rules.SHAPE_ONLY_OPS``) are followed too,
 and a weight per-channel axis is mapped back through Transposes. Between a QuantizeLinear and its
 DequantizeLinear they are not: ``Q -> Transpose -> DQ`` is reported, with the fix (move the Transpose above
 the QuantizeLinear).
@@ -36,13 +30,30 @@ from typing import Any
 import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
-from onnx import numpy_helper
+
+from qdq_toolkit.export.graph_index import (
+    DQ,
+    IDENTITY_ONLY,
+    ONNX_DOMAINS,
+    Constant,
+    GraphIndex,
+    Q,
+    constant_array,
+    dtype_name,
+    fmt_values,
+    int_attr,
+    ints_attr,
+    is_per_tensor,
+    normalize_axis,
+)
+from qdq_toolkit.tensorrt_rules import COMPUTE_OPS, INT8, QUANTIZED_OP_TYPES, SHAPE_ONLY_OPS, weight_axis
 
 __all__ = [
     "QUANTIZED_OP_TYPES",
     "RULES",
     "Violation",
     "check_qdq_placement",
+    "constant_array",
     "format_violations",
     "load_onnx_model",
     "summarize_qdq",
@@ -60,8 +71,9 @@ RULES: dict[str, str] = {
     "scale-not-positive": "Every scale value must be finite and > 0.",
     "activation-per-channel": "Activations must be quantized per tensor (scalar scale); per-channel scales are "
     "for weights only.",
-    "weight-axis": "Per-channel weight scales must be on the output-channel axis: Conv 0, ConvTranspose 1, "
-    "MatMul weight (K, N) the last axis, Gemm 0 when transB=1 else 1.",
+    "weight-axis": "Per-channel weight scales must be on the output-channel axis ("
+    + "; ".join(op.weight_layout for op in COMPUTE_OPS.values())
+    + ").",
     "weight-scale-size": "A per-channel weight scale must have one value per output channel.",
     "weight-qdq-missing": "The data input of Conv/ConvTranspose/MatMul/Gemm is quantized but its weight is a "
     "float constant: add QuantizeLinear/DequantizeLinear (int8, per channel) on the weight.",
@@ -73,19 +85,6 @@ RULES: dict[str, str] = {
     "that feeds it.",
 }
 
-#: Compute layers TensorRT runs in INT8 when both their data input and their weight are quantized.
-QUANTIZED_OP_TYPES: tuple[str, ...] = ("Conv", "ConvTranspose", "MatMul", "Gemm")
-
-_Q = "QuantizeLinear"
-_DQ = "DequantizeLinear"
-_ONNX_DOMAINS = ("", "ai.onnx")
-# Shape-only ops that TensorRT moves Q/DQ across; followed between a DQ and the layer that consumes it.
-_SHAPE_OPS = frozenset({"Identity", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze"})
-# Ops whose output is a constant when all their inputs are (a weight prepared in the graph).
-_CONST_FOLDABLE_OPS = _SHAPE_OPS | {"Cast"}
-_IDENTITY_ONLY = frozenset({"Identity"})
-# QuantizeLinear/DequantizeLinear `axis` default since opset 13 (and the only meaning before it).
-_DEFAULT_QDQ_AXIS = 1
 
 
 @dataclass(frozen=True)
@@ -152,317 +151,34 @@ def load_onnx_model(model: onnx.ModelProto | str | os.PathLike[str]) -> onnx.Mod
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Graph index
-
-
-@dataclass(frozen=True)
-class _Constant:
-    """A constant tensor: its value (None when unreadable, e.g. external data not loaded) and data type."""
-
-    value: np.ndarray | None
-    dtype: int  # onnx.TensorProto data type; 0 when unknown
-
-
-@dataclass(frozen=True)
-class _QDQParams:
-    """The resolved inputs and attributes of one QuantizeLinear/DequantizeLinear node."""
-
-    scale_name: str
-    scale: _Constant | None  # None: the scale is not a constant
-    zero_point_name: str | None  # None: no zero point input
-    zero_point: _Constant | None  # None: absent or not a constant
-    axis: int
-    quant_dtype: int  # data type of the quantized side; 0 when unknown
-
-
-def _tensor_to_constant(tensor: onnx.TensorProto) -> _Constant:
-    if tensor.data_location == onnx.TensorProto.EXTERNAL and not tensor.raw_data:
-        return _Constant(None, tensor.data_type)
-    try:
-        value = numpy_helper.to_array(tensor)
-    except (ValueError, TypeError, OSError):
-        return _Constant(None, tensor.data_type)
-    return _Constant(np.asarray(value), tensor.data_type)
-
-
-def _constant_node_value(node: onnx.NodeProto) -> _Constant:
-    for attr in node.attribute:
-        if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
-            return _tensor_to_constant(attr.t)
-        if attr.name == "value_float":
-            return _Constant(np.asarray(attr.f, dtype=np.float32), onnx.TensorProto.FLOAT)
-        if attr.name == "value_floats":
-            return _Constant(np.asarray(list(attr.floats), dtype=np.float32), onnx.TensorProto.FLOAT)
-        if attr.name == "value_int":
-            return _Constant(np.asarray(attr.i, dtype=np.int64), onnx.TensorProto.INT64)
-        if attr.name == "value_ints":
-            return _Constant(np.asarray(list(attr.ints), dtype=np.int64), onnx.TensorProto.INT64)
-    return _Constant(None, 0)
-
-
-def constant_array(name: str, initializers: dict, producers: dict) -> np.ndarray | None:
-    """The value of ``name`` when it is an initializer or the output of a Constant node, else None.
-
-    ``initializers``: ``{name: TensorProto}``; ``producers``: ``{output name: node}``.
-    """
-    if name in initializers:
-        return _tensor_to_constant(initializers[name]).value
-    node = producers.get(name)
-    if node is not None and node.op_type == "Constant":
-        return _constant_node_value(node).value
-    return None
-
-
-def _int_attr(node: onnx.NodeProto, name: str, default: int) -> int:
-    for attr in node.attribute:
-        if attr.name == name:
-            return int(attr.i)
-    return default
-
-
-def _ints_attr(node: onnx.NodeProto, name: str) -> list[int] | None:
-    for attr in node.attribute:
-        if attr.name == name:
-            return [int(v) for v in attr.ints]
-    return None
-
-
-def _normalize_axis(axis: int, rank: int | None) -> int:
-    if axis < 0 and rank is not None:
-        return axis + rank
-    return axis
-
-
-def _dtype_name(dtype: int) -> str:
-    if dtype == 0:
-        return "unknown"
-    return onnx.TensorProto.DataType.Name(dtype).lower()
-
-
-def _fmt_values(values: np.ndarray, limit: int = 4) -> str:
-    flat = values.reshape(-1)
-    shown = ", ".join(f"{v:g}" if np.issubdtype(flat.dtype, np.floating) else str(v) for v in flat[:limit])
-    return f"[{shown}{', ...' if flat.size > limit else ''}]"
-
-
-def _outer_scope_inputs(node: onnx.NodeProto) -> set[str]:
-    """Tensor names read inside the subgraphs (If/Loop/Scan bodies) of ``node``: it consumes them too."""
-    names: set[str] = set()
-    graphs = [a.g for a in node.attribute if a.type == onnx.AttributeProto.GRAPH]
-    graphs += [g for a in node.attribute if a.type == onnx.AttributeProto.GRAPHS for g in a.graphs]
-    for graph in graphs:
-        for inner in graph.node:
-            names.update(inner.input)
-            names.update(_outer_scope_inputs(inner))
-    return names
-
-
-class _GraphIndex:
-    """Producers, consumers and constants of one ONNX graph, with the Q/DQ helpers the rules need."""
-
-    def __init__(self, graph: onnx.GraphProto) -> None:
-        self.nodes: list[onnx.NodeProto] = list(graph.node)
-        self.initializers: dict[str, onnx.TensorProto] = {t.name: t for t in graph.initializer}
-        self.graph_inputs: frozenset[str] = frozenset(i.name for i in graph.input)
-        self.graph_outputs: frozenset[str] = frozenset(o.name for o in graph.output)
-        self.producer: dict[str, onnx.NodeProto] = {}
-        self.consumers: dict[str, list[onnx.NodeProto]] = {}
-        self._labels: dict[int, str] = {}
-        for index, node in enumerate(self.nodes):
-            self._labels[id(node)] = node.name or f"<unnamed {node.op_type} #{index}>"
-            for out in node.output:
-                if out:
-                    self.producer[out] = node
-            for inp in [*node.input, *_outer_scope_inputs(node)]:
-                if inp:
-                    self.consumers.setdefault(inp, []).append(node)
-        self._constant_cache: dict[str, _Constant | None] = {}
-        self._foldable_cache: dict[str, bool] = {}
-        self._params_cache: dict[int, _QDQParams] = {}
-
-    # -- node helpers ------------------------------------------------------------------------------------------
-    def label(self, node: onnx.NodeProto) -> str:
-        return self._labels[id(node)]
-
-    @staticmethod
-    def is_op(node: onnx.NodeProto | None, op_type: str) -> bool:
-        return node is not None and node.op_type == op_type and node.domain in _ONNX_DOMAINS
-
-    def nodes_of(self, op_type: str) -> list[onnx.NodeProto]:
-        return [n for n in self.nodes if self.is_op(n, op_type)]
-
-    def trace_back(self, name: str, through: frozenset[str]) -> tuple[str, list[onnx.NodeProto]]:
-        """Follow ``name`` up through producers whose op is in ``through`` (via their first input).
-
-        Returns the tensor reached and the nodes passed, nearest to ``name`` first.
-        """
-        passed: list[onnx.NodeProto] = []
-        seen: set[str] = set()
-        while name not in seen:
-            seen.add(name)
-            node = self.producer.get(name)
-            if node is None or node.domain not in _ONNX_DOMAINS or node.op_type not in through or not node.input:
-                break
-            passed.append(node)
-            name = node.input[0]
-        return name, passed
-
-    def source_node(self, name: str, through: frozenset[str]) -> onnx.NodeProto | None:
-        return self.producer.get(self.trace_back(name, through)[0])
-
-    def consumers_through_identity(self, name: str) -> tuple[list[onnx.NodeProto], bool]:
-        """Non-Identity consumers of ``name`` (looking past Identity), and whether it reaches a graph output."""
-        found: list[onnx.NodeProto] = []
-        is_output = False
-        pending, seen = [name], set()
-        while pending:
-            tensor = pending.pop()
-            if tensor in seen:
-                continue
-            seen.add(tensor)
-            is_output = is_output or tensor in self.graph_outputs
-            for node in self.consumers.get(tensor, []):
-                if self.is_op(node, "Identity"):
-                    pending.extend(o for o in node.output if o)
-                else:
-                    found.append(node)
-        return found, is_output
-
-    # -- constants ---------------------------------------------------------------------------------------------
-    def constant(self, name: str) -> _Constant | None:
-        """The constant behind ``name`` (initializer or Constant node, through Identity), else None."""
-        if name in self._constant_cache:
-            return self._constant_cache[name]
-        source, _ = self.trace_back(name, _IDENTITY_ONLY)
-        result: _Constant | None = None
-        if source in self.initializers:
-            result = _tensor_to_constant(self.initializers[source])
-        else:
-            node = self.producer.get(source)
-            if self.is_op(node, "Constant"):
-                result = _constant_node_value(node)
-        self._constant_cache[name] = result
-        return result
-
-    def is_constant_expr(self, name: str) -> bool:
-        """True when ``name`` is a constant or a shape op / Cast of constants (a weight, not an activation)."""
-        if name in self._foldable_cache:
-            return self._foldable_cache[name]
-        self._foldable_cache[name] = False  # guards against cycles in malformed graphs
-        result = self.constant(name) is not None
-        if not result:
-            node = self.producer.get(name)
-            if node is not None and node.domain in _ONNX_DOMAINS and node.op_type in _CONST_FOLDABLE_OPS:
-                result = all(self.is_constant_expr(i) for i in node.input if i)
-        self._foldable_cache[name] = result
-        return result
-
-    # -- Q/DQ --------------------------------------------------------------------------------------------------
-    def params(self, node: onnx.NodeProto) -> _QDQParams:
-        key = id(node)
-        if key in self._params_cache:
-            return self._params_cache[key]
-        scale_name = node.input[1] if len(node.input) > 1 else ""
-        zp_name = node.input[2] if len(node.input) > 2 and node.input[2] else None
-        zero_point = self.constant(zp_name) if zp_name else None
-        if zp_name is not None:
-            quant_dtype = zero_point.dtype if zero_point is not None else 0
-        elif self.is_op(node, _Q):
-            # Without a zero point, QuantizeLinear produces uint8 (opset 21 adds `output_dtype` to choose).
-            quant_dtype = _int_attr(node, "output_dtype", 0) or onnx.TensorProto.UINT8
-        else:
-            data = self.constant(node.input[0])
-            quant_dtype = data.dtype if data is not None else 0
-        params = _QDQParams(
-            scale_name=scale_name,
-            scale=self.constant(scale_name) if scale_name else None,
-            zero_point_name=zp_name,
-            zero_point=zero_point,
-            axis=_int_attr(node, "axis", _DEFAULT_QDQ_AXIS),
-            quant_dtype=quant_dtype,
-        )
-        self._params_cache[key] = params
-        return params
-
-    def feeding_q(self, dq: onnx.NodeProto, through: frozenset[str] = _SHAPE_OPS) -> onnx.NodeProto | None:
-        """The QuantizeLinear that feeds a DequantizeLinear (through ``through`` ops), if any."""
-        node = self.source_node(dq.input[0], through)
-        return node if self.is_op(node, _Q) else None
-
-    def origin(self, name: str) -> str:
-        """Where a tensor comes from, for messages (looking past Identity)."""
-        source, _ = self.trace_back(name, _IDENTITY_ONLY)
-        producer = self.producer.get(source)
-        if producer is not None:
-            return f"the output of {producer.op_type} {self.label(producer)!r}"
-        if source in self.initializers:
-            return f"initializer {source!r}"
-        if source in self.graph_inputs:
-            return f"graph input {source!r}"
-        return (
-            f"undefined ({source!r} is produced by no node, initializer or graph input — a conversion step "
-            "probably failed; tf2onnx leaves such tensors behind with continue_on_error)"
-        )
-
-    def is_weight_qdq(self, node: onnx.NodeProto) -> bool:
-        """True when a Q/DQ quantizes a constant: ``w -> Q -> DQ`` or ``int8 w -> DQ``."""
-        if self.is_constant_expr(node.input[0]):
-            return True
-        if self.is_op(node, _DQ):
-            q = self.feeding_q(node)
-            return q is not None and self.is_constant_expr(q.input[0])
-        return False
-
-    def weight_name(self, dq: onnx.NodeProto) -> str:
-        """The name of the weight a weight DequantizeLinear reads (the float one behind a QuantizeLinear)."""
-        q = self.feeding_q(dq, _IDENTITY_ONLY)
-        return q.input[0] if q is not None else dq.input[0]
-
-    def weight_constant(self, dq: onnx.NodeProto) -> _Constant | None:
-        """The weight tensor a weight DequantizeLinear reads (the int8 constant or the float one behind Q)."""
-        direct = self.constant(dq.input[0])
-        if direct is not None:
-            return direct
-        q = self.feeding_q(dq, _IDENTITY_ONLY)  # a Transpose/Reshape in between would change the shape
-        return self.constant(q.input[0]) if q is not None else None
-
-
-def _is_per_tensor(params: _QDQParams) -> bool | None:
-    """True/False when the scale is known to be per tensor / per channel; None when it cannot be told."""
-    if params.scale is None or params.scale.value is None:
-        return None
-    return int(params.scale.value.size) == 1
-
-
-# --------------------------------------------------------------------------------------------------------------
 # Rules on single Q/DQ nodes
 
 
-def _check_zero_point(index: _GraphIndex, node: onnx.NodeProto) -> list[Violation]:
+def _check_zero_point(index: GraphIndex, node: onnx.NodeProto) -> list[Violation]:
     """TensorRT: int8 only, symmetric — a constant int8 zero point equal to 0."""
     params = index.params(node)
     label, op = index.label(node), node.op_type
     out: list[Violation] = []
-    int8 = onnx.TensorProto.INT8
+    int8 = INT8.onnx_dtype
     if params.zero_point_name is None:
-        if index.is_op(node, _Q) and params.quant_dtype != int8:
+        if index.is_op(node, Q) and params.quant_dtype != int8:
             out.append(
                 Violation(
                     "zero-point-dtype",
                     label,
                     op,
-                    f"QuantizeLinear has no zero point, so ONNX quantizes to {_dtype_name(params.quant_dtype)}; "
+                    f"QuantizeLinear has no zero point, so ONNX quantizes to {dtype_name(params.quant_dtype)}; "
                     "TensorRT needs int8: add an int8 zero point of 0",
                     node.output[0],
                 )
             )
-        elif index.is_op(node, _DQ) and params.quant_dtype not in (0, int8):
+        elif index.is_op(node, DQ) and params.quant_dtype not in (0, int8):
             out.append(
                 Violation(
                     "zero-point-dtype",
                     label,
                     op,
-                    f"DequantizeLinear reads a {_dtype_name(params.quant_dtype)} constant; TensorRT needs int8 "
+                    f"DequantizeLinear reads a {dtype_name(params.quant_dtype)} constant; TensorRT needs int8 "
                     "(store the weight as int8 with an int8 zero point of 0)",
                     node.input[0],
                 )
@@ -487,7 +203,7 @@ def _check_zero_point(index: _GraphIndex, node: onnx.NodeProto) -> list[Violatio
                 "zero-point-dtype",
                 label,
                 op,
-                f"zero point {params.zero_point_name!r} is {_dtype_name(zp.dtype)}; TensorRT needs int8 "
+                f"zero point {params.zero_point_name!r} is {dtype_name(zp.dtype)}; TensorRT needs int8 "
                 "(symmetric quantization with a zero point of 0)",
                 params.zero_point_name,
             )
@@ -498,7 +214,7 @@ def _check_zero_point(index: _GraphIndex, node: onnx.NodeProto) -> list[Violatio
                 "zero-point-value",
                 label,
                 op,
-                f"zero point {params.zero_point_name!r} is {_fmt_values(zp.value)}, not all 0; TensorRT supports "
+                f"zero point {params.zero_point_name!r} is {fmt_values(zp.value)}, not all 0; TensorRT supports "
                 "symmetric quantization only (zero point 0)",
                 params.zero_point_name,
             )
@@ -506,7 +222,7 @@ def _check_zero_point(index: _GraphIndex, node: onnx.NodeProto) -> list[Violatio
     return out
 
 
-def _check_scale(index: _GraphIndex, node: onnx.NodeProto) -> list[Violation]:
+def _check_scale(index: GraphIndex, node: onnx.NodeProto) -> list[Violation]:
     """TensorRT: scales are build-time constants, finite and > 0."""
     params = index.params(node)
     label, op = index.label(node), node.op_type
@@ -534,20 +250,20 @@ def _check_scale(index: _GraphIndex, node: onnx.NodeProto) -> list[Violation]:
             label,
             op,
             f"scale {params.scale_name!r} has {int(np.count_nonzero(bad))} of {value.size} value(s) that are "
-            f"<= 0 or not finite ({_fmt_values(value[bad])}); TensorRT needs every scale finite and > 0 "
+            f"<= 0 or not finite ({fmt_values(value[bad])}); TensorRT needs every scale finite and > 0 "
             "(keep every calibrated amax > 0)",
             params.scale_name,
         )
     ]
 
 
-def _check_activation_granularity(index: _GraphIndex, node: onnx.NodeProto) -> list[Violation]:
+def _check_activation_granularity(index: GraphIndex, node: onnx.NodeProto) -> list[Violation]:
     """TensorRT: activations are quantized per tensor; per-channel scales are for weights only."""
     params = index.params(node)
-    if _is_per_tensor(params) is not False or index.is_weight_qdq(node):
+    if is_per_tensor(params) is not False or index.is_weight_qdq(node):
         return []
     size = params.scale.value.size if params.scale is not None and params.scale.value is not None else 0
-    q = index.feeding_q(node) if index.is_op(node, _DQ) else node
+    q = index.feeding_q(node) if index.is_op(node, DQ) else node
     activation = q.input[0] if q is not None else node.input[0]
     origin = index.origin(activation)
     note = ""
@@ -567,7 +283,7 @@ def _check_activation_granularity(index: _GraphIndex, node: onnx.NodeProto) -> l
     ]
 
 
-def _check_q_consumers(index: _GraphIndex, q: onnx.NodeProto) -> list[Violation]:
+def _check_q_consumers(index: GraphIndex, q: onnx.NodeProto) -> list[Violation]:
     """TensorRT: each QuantizeLinear is followed by DequantizeLinear nodes only, and is never a graph output."""
     consumers, is_output = index.consumers_through_identity(q.output[0])
     label = index.label(q)
@@ -582,12 +298,12 @@ def _check_q_consumers(index: _GraphIndex, q: onnx.NodeProto) -> list[Violation]
                 q.output[0],
             )
         ]
-    others = [n for n in consumers if not index.is_op(n, _DQ)]
+    others = [n for n in consumers if not index.is_op(n, DQ)]
     if others:
         names = ", ".join(f"{n.op_type} {index.label(n)!r}" for n in others)
         hint = (
             "; move shape-only ops above the QuantizeLinear (they commute with per-tensor quantization)"
-            if all(n.op_type in _SHAPE_OPS for n in others)
+            if all(n.op_type in SHAPE_ONLY_OPS for n in others)
             else ""
         )
         return [
@@ -618,7 +334,7 @@ def _same_values(a: np.ndarray, b: np.ndarray) -> bool:
     return a.size == b.size and bool(np.array_equal(a.reshape(-1), b.reshape(-1)))
 
 
-def _check_pair(index: _GraphIndex, dq: onnx.NodeProto) -> list[Violation]:
+def _check_pair(index: GraphIndex, dq: onnx.NodeProto) -> list[Violation]:
     """TensorRT: a Q/DQ pair is one quantization — the DQ repeats the Q's scale, zero point and axis."""
     q = index.feeding_q(dq)
     if q is None:
@@ -628,25 +344,25 @@ def _check_pair(index: _GraphIndex, dq: onnx.NodeProto) -> list[Violation]:
     if qp.scale is not None and dp.scale is not None:
         if qp.scale.value is not None and dp.scale.value is not None:
             if not _same_values(qp.scale.value, dp.scale.value):
-                problems.append(f"scale {_fmt_values(dp.scale.value)} vs {_fmt_values(qp.scale.value)}")
-    elif index.trace_back(qp.scale_name, _IDENTITY_ONLY)[0] != index.trace_back(dp.scale_name, _IDENTITY_ONLY)[0]:
+                problems.append(f"scale {fmt_values(dp.scale.value)} vs {fmt_values(qp.scale.value)}")
+    elif index.trace_back(qp.scale_name, IDENTITY_ONLY)[0] != index.trace_back(dp.scale_name, IDENTITY_ONLY)[0]:
         problems.append(f"scale tensor {dp.scale_name!r} vs {qp.scale_name!r}")
     if dp.zero_point_name is not None:
         q_zp = qp.zero_point
         if qp.zero_point_name is None:  # QuantizeLinear's default zero point: 0 of its output type
-            q_zp = _Constant(np.zeros((), dtype=np.uint8), qp.quant_dtype)
+            q_zp = Constant(np.zeros((), dtype=np.uint8), qp.quant_dtype)
         d_zp = dp.zero_point
         if q_zp is not None and d_zp is not None:
             if q_zp.dtype and d_zp.dtype and q_zp.dtype != d_zp.dtype:
-                problems.append(f"zero point type {_dtype_name(d_zp.dtype)} vs {_dtype_name(q_zp.dtype)}")
+                problems.append(f"zero point type {dtype_name(d_zp.dtype)} vs {dtype_name(q_zp.dtype)}")
             elif q_zp.value is not None and d_zp.value is not None and not _same_values(q_zp.value, d_zp.value):
-                problems.append(f"zero point {_fmt_values(d_zp.value)} vs {_fmt_values(q_zp.value)}")
-    _, between = index.trace_back(dq.input[0], _SHAPE_OPS)
+                problems.append(f"zero point {fmt_values(d_zp.value)} vs {fmt_values(q_zp.value)}")
+    _, between = index.trace_back(dq.input[0], SHAPE_ONLY_OPS)
     same_layout = all(n.op_type == "Identity" for n in between)  # a Transpose in between moves the axis
-    if same_layout and _is_per_tensor(qp) is False and _is_per_tensor(dp) is False:
+    if same_layout and is_per_tensor(qp) is False and is_per_tensor(dp) is False:
         weight = index.constant(q.input[0])
         rank = weight.value.ndim if weight is not None and weight.value is not None else None
-        if _normalize_axis(qp.axis, rank) != _normalize_axis(dp.axis, rank):
+        if normalize_axis(qp.axis, rank) != normalize_axis(dp.axis, rank):
             problems.append(f"axis {dp.axis} vs {qp.axis}")
     if not problems:
         return []
@@ -666,33 +382,17 @@ def _check_pair(index: _GraphIndex, dq: onnx.NodeProto) -> list[Violation]:
 # Rules on compute layers
 
 
-_WEIGHT_LAYOUT = {
-    "Conv": "Conv kernels are (M, C/group, kH, kW): axis 0",
-    "ConvTranspose": "ConvTranspose kernels are (C, M/group, kH, kW): axis 1",
-    "MatMul": "a MatMul weight is (..., K, N): the last axis",
-    "Gemm": "a Gemm weight is (K, N), or (N, K) with transB=1",
-}
-
-
 def _expected_weight_axis(node: onnx.NodeProto, rank: int | None) -> int | None:
-    """The output-channel axis of the weight input (input 1) as the layer sees it."""
-    if node.op_type == "Conv":
-        return 0
-    if node.op_type == "ConvTranspose":
-        return 1
-    if node.op_type == "Gemm":
-        return 0 if _int_attr(node, "transB", 0) else 1
-    if node.op_type == "MatMul":
-        return rank - 1 if rank is not None else -1
-    return None
+    """The output-channel axis of the weight input as the layer sees it (the table's :func:`weight_axis`)."""
+    return weight_axis(node.op_type, rank, {"transB": int_attr(node, "transB", 0)})
 
 
 def _check_weight_axis(
-    index: _GraphIndex, layer: onnx.NodeProto, dq: onnx.NodeProto, chain: Sequence[onnx.NodeProto]
+    index: GraphIndex, layer: onnx.NodeProto, dq: onnx.NodeProto, chain: Sequence[onnx.NodeProto]
 ) -> list[Violation]:
     """TensorRT: per-channel weight scales lie on the output-channel axis, one value per output channel."""
     params = index.params(dq)
-    if _is_per_tensor(params) is not False or not index.is_weight_qdq(dq):
+    if is_per_tensor(params) is not False or not index.is_weight_qdq(dq):
         return []
     if any(n.op_type not in ("Identity", "Transpose") for n in chain):
         return []  # a reshape between weight and layer: the axis cannot be mapped back
@@ -706,17 +406,17 @@ def _check_weight_axis(
     for node in chain:
         if node.op_type != "Transpose":
             continue
-        perm = _ints_attr(node, "perm")
+        perm = ints_attr(node, "perm")
         if perm is None:
             if rank is None:
                 return []
             perm = list(reversed(range(rank)))
-        expected = _normalize_axis(expected, len(perm))
+        expected = normalize_axis(expected, len(perm))
         if not 0 <= expected < len(perm):
             return []
         expected = perm[expected]
-    expected = _normalize_axis(expected, rank)
-    actual = _normalize_axis(params.axis, rank)
+    expected = normalize_axis(expected, rank)
+    actual = normalize_axis(params.axis, rank)
     value = params.scale.value if params.scale is not None else None
     size = int(value.size) if value is not None else 0
     where = f"{layer.op_type} {index.label(layer)!r}"
@@ -729,7 +429,7 @@ def _check_weight_axis(
                 index.label(dq),
                 dq.op_type,
                 f"weight {weight_name!r} of {where} is quantized per channel on axis {params.axis}; TensorRT "
-                f"needs the output-channel axis {expected}{via} ({_WEIGHT_LAYOUT[layer.op_type]})",
+                f"needs the output-channel axis {expected}{via} ({COMPUTE_OPS[layer.op_type].weight_layout})",
                 weight_name,
             )
         ]
@@ -747,23 +447,23 @@ def _check_weight_axis(
     return []
 
 
-def _layer_inputs(
-    index: _GraphIndex, layer: onnx.NodeProto
+def layer_inputs(
+    index: GraphIndex, layer: onnx.NodeProto
 ) -> tuple[onnx.NodeProto | None, onnx.NodeProto | None, list[onnx.NodeProto]]:
     """The DequantizeLinear behind the data input and behind the weight (None if absent), and the nodes
     between the weight's DequantizeLinear and the layer."""
-    data_src = index.source_node(layer.input[0], _SHAPE_OPS)
-    weight_name, chain = index.trace_back(layer.input[1], _SHAPE_OPS)
+    data_src = index.source_node(layer.input[0], SHAPE_ONLY_OPS)
+    weight_name, chain = index.trace_back(layer.input[1], SHAPE_ONLY_OPS)
     weight_src = index.producer.get(weight_name)
-    data_dq = data_src if index.is_op(data_src, _DQ) else None
-    weight_dq = weight_src if index.is_op(weight_src, _DQ) else None
+    data_dq = data_src if index.is_op(data_src, DQ) else None
+    weight_dq = weight_src if index.is_op(weight_src, DQ) else None
     return data_dq, weight_dq, chain
 
 
 def _is_qdq(node: onnx.NodeProto) -> bool:
     return (
-        node.op_type in (_Q, _DQ)
-        and node.domain in _ONNX_DOMAINS
+        node.op_type in (Q, DQ)
+        and node.domain in ONNX_DOMAINS
         and len(node.input) >= 2
         and bool(node.input[0])
         and bool(node.input[1])
@@ -771,19 +471,19 @@ def _is_qdq(node: onnx.NodeProto) -> bool:
     )
 
 
-def _is_compute_layer(node: onnx.NodeProto) -> bool:
+def is_compute_layer(node: onnx.NodeProto) -> bool:
     return (
         node.op_type in QUANTIZED_OP_TYPES
-        and node.domain in _ONNX_DOMAINS
+        and node.domain in ONNX_DOMAINS
         and len(node.input) >= 2
         and bool(node.input[0])
         and bool(node.input[1])
     )
 
 
-def _check_layer(index: _GraphIndex, layer: onnx.NodeProto) -> list[Violation]:
+def _check_layer(index: GraphIndex, layer: onnx.NodeProto) -> list[Violation]:
     """TensorRT: Conv/ConvTranspose/MatMul/Gemm run in INT8 only with both data input and weight dequantized."""
-    data_dq, weight_dq, chain = _layer_inputs(index, layer)
+    data_dq, weight_dq, chain = layer_inputs(index, layer)
     label, op = index.label(layer), layer.op_type
     if data_dq is not None and weight_dq is not None:
         return _check_weight_axis(index, layer, weight_dq, chain)
@@ -846,15 +546,15 @@ def check_qdq_placement(model: onnx.ModelProto | str | os.PathLike[str]) -> list
         ValueError: the path is a directory or the file is not a valid ONNX model.
         TypeError: ``model`` is neither a ModelProto nor a path.
     """
-    index = _GraphIndex(load_onnx_model(model).graph)
+    index = GraphIndex(load_onnx_model(model).graph)
     found: list[Violation] = []
     for node in index.nodes:
         if _is_qdq(node):
             found += _check_zero_point(index, node)
             found += _check_scale(index, node)
             found += _check_activation_granularity(index, node)
-            found += _check_q_consumers(index, node) if node.op_type == _Q else _check_pair(index, node)
-        elif _is_compute_layer(node):
+            found += _check_q_consumers(index, node) if node.op_type == Q else _check_pair(index, node)
+        elif is_compute_layer(node):
             found += _check_layer(index, node)
     # A weight DequantizeLinear shared by several layers is reported once (the first layer names it).
     unique: dict[tuple[str, str, str | None], Violation] = {}
@@ -875,18 +575,18 @@ def summarize_qdq(model: onnx.ModelProto | str | os.PathLike[str]) -> dict[str, 
         "float_ops": {op_type: int}, "float_op_count": int}`` — ``float_ops`` are the compute layers that
         stay in floating point (at most one input quantized).
     """
-    index = _GraphIndex(load_onnx_model(model).graph)
+    index = GraphIndex(load_onnx_model(model).graph)
     quantized = dict.fromkeys(QUANTIZED_OP_TYPES, 0)
     floating = dict.fromkeys(QUANTIZED_OP_TYPES, 0)
-    for layer in filter(_is_compute_layer, index.nodes):
-        data_dq, weight_dq, _ = _layer_inputs(index, layer)
+    for layer in filter(is_compute_layer, index.nodes):
+        data_dq, weight_dq, _ = layer_inputs(index, layer)
         if data_dq is not None and weight_dq is not None:
             quantized[layer.op_type] += 1
         else:
             floating[layer.op_type] += 1
     return {
-        "quantize_linear": len(index.nodes_of(_Q)),
-        "dequantize_linear": len(index.nodes_of(_DQ)),
+        "quantize_linear": len(index.nodes_of(Q)),
+        "dequantize_linear": len(index.nodes_of(DQ)),
         "quantized_ops": quantized,
         "quantized_op_count": sum(quantized.values()),
         "float_ops": floating,
