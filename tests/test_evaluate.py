@@ -460,8 +460,10 @@ def test_report_plot_is_png_and_files_are_written_atomically(tmp_path: Path) -> 
         "plot.png",
         "report.json",
     ]  # no temp file left
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        write_atomically(tmp_path / "missing" / "x.md", "text")
+    assert write_atomically(tmp_path / "missing" / "x.md", "text").read_text() == "text"  # parents created
+    with pytest.raises(NotADirectoryError, match="is a file, not a directory"):
+        write_atomically(tmp_path / "report.json" / "x.md", "text")
+    assert (tmp_path / "report.json").is_file()
 
 
 def test_report_rejects_unknown_baseline() -> None:

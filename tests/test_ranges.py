@@ -62,9 +62,9 @@ def test_saved_model_export_reports_the_separable_pointwise_range(separable_mode
     from_keras = unobserved_ranges(qat)
     assert "quant_sep/pointwise_input" in from_keras and "quant_sep/input" not in from_keras
 
-    export_saved_model(qat, tmp_path / "saved")
+    saved = export_saved_model(qat, tmp_path / "runs" / "saved")  # the writer creates missing parents
     with pytest.warns(UnobservedRangeWarning, match="quant_sep/pointwise_input"):
-        result = saved_model_to_onnx(tmp_path / "saved", tmp_path / "from_saved.onnx")
+        result = saved_model_to_onnx(saved, tmp_path / "onnx" / "from_saved.onnx")
     assert result.unobserved_ranges == sorted(from_keras)
     with pytest.warns(UnobservedRangeWarning, match="quant_sep/pointwise_input"):
         assert keras_to_onnx(qat, tmp_path / "from_keras.onnx").unobserved_ranges == from_keras

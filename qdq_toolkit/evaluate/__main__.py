@@ -16,8 +16,10 @@ from typing import Any
 # Before anything imports TensorFlow: keep its C++ start-up chatter out of the report.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from qdq_toolkit._cli import CliError, native_stderr_silenced
 from qdq_toolkit.evaluate._progress import progress_wanted  # noqa: E402
+
+from qdq_toolkit._cli import CliError, native_stderr_silenced  # noqa: E402
+from qdq_toolkit._files import check_output_path, write_atomically  # noqa: E402
 from qdq_toolkit.evaluate.backends import check_model_path  # noqa: E402
 from qdq_toolkit.evaluate.errors import EvaluationError  # noqa: E402
 from qdq_toolkit.evaluate.evaluator import (  # noqa: E402
@@ -282,26 +284,20 @@ def _check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
-    """Fail before any work when an output cannot be written (exists without --force, no such directory)."""
+    """Fail before any work when an output cannot be written (exists without --force, a directory, not writable).
+
+    Missing directories are fine: they are created when the file is written.
+    """
     model_files = {Path(path).expanduser().resolve() for _, path in args.models}
     for flag, path in (("--json", args.json), ("--markdown", args.markdown), ("--plot", args.plot)):
         if path is None:
             continue
-        target = path.expanduser()
-        if target.is_dir():
-            raise CliError(f"{flag} {target} is a directory; give a file path")
-        if target.resolve() in model_files:
-            raise CliError(f"{flag} {target} is one of the model files; choose another path")
-        if target.exists() and not args.force:
-            raise CliError(
-                f"{flag} {target} already exists; pass --force to overwrite it, or choose another path"
-            )
-        if not target.parent.is_dir():
-            raise CliError(f"{flag}: directory {target.parent} does not exist; create it first")
-        if not os.access(target.parent, os.W_OK | os.X_OK):
-            raise CliError(
-                f"{flag}: cannot write {target}: directory {target.parent} is not writable; choose another path"
-            )
+        if path.expanduser().resolve() in model_files:
+            raise CliError(f"{flag} {path.expanduser()} is one of the model files; choose another path")
+        try:
+            check_output_path(path, args.force)
+        except OSError as exc:
+            raise CliError(f"{flag}: {exc}") from None
 
 
 def _image_shape(args: argparse.Namespace, model_set: ModelSet) -> tuple[int, int]:
@@ -387,7 +383,7 @@ def run(args: argparse.Namespace) -> int:
     for path, write in (
         (args.json, lambda p: report.write_json(p, force=args.force)),
         (args.markdown, lambda p: report.write_markdown(p, force=args.force)),
-        (args.plot, lambda p: _write_bytes(p, plot, force=args.force)),
+        (args.plot, lambda p: write_atomically(p, plot or b"", force=args.force)),
     ):
         if path is not None:
             say(f"wrote {write(path)}")
@@ -400,12 +396,6 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return EXIT_OK
-
-
-def _write_bytes(path: Path, data: bytes | None, *, force: bool) -> Path:
-    from qdq_toolkit._files import write_atomically
-
-    return write_atomically(path, data or b"", force=force)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -147,7 +147,7 @@ def _export(args, say) -> int:
             if engine.resolve() == output.resolve():
                 raise CliError("--engine and --output must be different files")
             check_output_path(engine, args.force)
-    except (FileExistsError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+    except OSError as exc:  # exists without --force, a directory, not writable
         raise CliError(str(exc)) from None
 
     try:

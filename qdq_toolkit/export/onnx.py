@@ -31,7 +31,7 @@ from pathlib import Path
 import onnx
 from onnx import helper, numpy_helper
 
-from qdq_toolkit._files import check_output_path, write_atomically
+from qdq_toolkit._files import check_output_path, make_parent_dirs, write_atomically
 from qdq_toolkit.export.checks import Violation, check_qdq_placement, constant_array
 from qdq_toolkit.export.ranges import UnobservedRangeWarning, unobserved_ranges  # noqa: F401 - re-exported
 from qdq_toolkit.export.ranges import unobserved_in_saved_model as _unobserved_in_saved_model
@@ -678,8 +678,7 @@ def export_saved_model(model, directory: str | os.PathLike, *, force: bool = Fal
     directory = Path(directory)
     if directory.exists() and not force:
         raise FileExistsError(f"'{directory}' already exists; pass force=True (--force) to replace it.")
-    if not directory.parent.exists():
-        raise FileNotFoundError(f"The parent directory of '{directory}' does not exist; create it first.")
+    make_parent_dirs(directory)
     temp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         _say(progress, f"writing SavedModel {directory}")
