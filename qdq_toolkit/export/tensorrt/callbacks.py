@@ -1,19 +1,19 @@
 """TensorRT callback objects: the logger every TensorRT object needs, and the build progress monitor.
 
 The classes subclass TensorRT's interfaces, so they are defined only once tensorrt is imported (``trt`` is passed
-in).
+in). The progress monitor is an adapter: it forwards TensorRT's build phases to the toolkit's one progress
+mechanism, a :data:`qdq_toolkit._progress.ProgressCallback` (one line per build stage: parsing, each TensorRT build
+phase, writing).
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from typing import Any
 
-__all__ = ["ProgressCallback", "make_logger", "make_progress_monitor"]
+from qdq_toolkit._progress import ProgressCallback
 
-ProgressCallback = Callable[[str], None]
-"""Receives one human-readable line per build stage (parsing, each TensorRT build phase, writing)."""
+__all__ = ["ProgressCallback", "make_logger", "make_progress_monitor"]
 
 
 _SEVERITY_TAGS = {0: "internal error", 1: "error", 2: "warning", 3: "info", 4: "verbose"}

@@ -13,7 +13,15 @@ from typing import Any
 
 from qdq_toolkit.export.tensorrt.errors import TensorRTUnavailableError
 
-__all__ = ["INSTALL_COMMAND", "Stack", "cudart_error_name", "probe", "require_stack", "strong_typing_only", "tensorrt_status"]
+__all__ = [
+    "INSTALL_COMMAND",
+    "Stack",
+    "cudart_error_name",
+    "probe",
+    "require_stack",
+    "strong_typing_only",
+    "tensorrt_status",
+]
 
 INSTALL_COMMAND = 'pip install "qdq-toolkit[trt]" --extra-index-url https://pypi.nvidia.com'
 """How to install TensorRT and cuda-python (the ``trt`` extra) on a machine with an NVIDIA GPU."""
