@@ -166,8 +166,6 @@ def open_models(
         FileNotFoundError: a model file does not exist.
         EvaluationError: unknown extension, a file that cannot be loaded, or repeated names.
     """
-    from qdq_toolkit.export.tensorrt import TensorRTUnavailableError
-
     items = _named_sources(models)
     # Check every path before loading anything, so that a typo in the last model fails in a second.
     for _, source in items:
@@ -179,24 +177,26 @@ def open_models(
             if isinstance(source, Backend):
                 model_set._add(name, source, owned=False)
                 continue
-            if isinstance(source, str | os.PathLike):
-                try:
-                    backend = load_backend(source, name, intra_op_threads=intra_op_threads)
-                except TensorRTUnavailableError as exc:
-                    skipped = SkippedModel(
-                        name, backend_kind_for_path(source), Path(source).expanduser(), str(exc)
-                    )
-                    model_set._add(name, skipped, owned=False)
-                    if on_skip is not None:
-                        on_skip(name, str(exc))
-                    continue
-            else:
-                backend = KerasBackend(source, name)
-            model_set._add(name, backend, owned=True)
+            entry = _open_one(name, source, intra_op_threads=intra_op_threads)
+            model_set._add(name, entry, owned=isinstance(entry, Backend))
+            if isinstance(entry, SkippedModel) and on_skip is not None:
+                on_skip(name, entry.reason)
     except BaseException:
         model_set.close()
         raise
     return model_set
+
+
+def _open_one(name: str, source: Any, *, intra_op_threads: int | None) -> Backend | SkippedModel:
+    """A backend for a model file or ``keras.Model``; a TensorRT engine that cannot run here is a skipped model."""
+    from qdq_toolkit.export.tensorrt import TensorRTUnavailableError
+
+    if not isinstance(source, str | os.PathLike):
+        return KerasBackend(source, name)
+    try:
+        return load_backend(source, name, intra_op_threads=intra_op_threads)
+    except TensorRTUnavailableError as exc:
+        return SkippedModel(name, backend_kind_for_path(source), Path(source).expanduser(), str(exc))
 
 
 def environment_info() -> dict[str, Any]:
