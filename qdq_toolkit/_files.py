@@ -17,36 +17,77 @@ def exists_message(target: Path) -> str:
     return f"{target} already exists; pass --force (force=True) to overwrite it, or choose another path"
 
 
+def _nearest_existing(path: Path) -> Path:
+    """``path`` itself if it exists, else its closest ancestor that does (``.`` for a relative path)."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path(".")
+
+
 def check_output_path(path: str | os.PathLike, force: bool) -> Path:
-    """The output path, after refusing an existing file (without ``force``), a directory, a missing parent, or a
-    parent this process may not write in."""
+    """The output path, after refusing an existing file (without ``force``), a directory, or a location this process
+    may not write in.
+
+    Missing parent directories are fine: :func:`make_parent_dirs` (called by :func:`write_atomically`) creates them
+    when the file is written, as tf2onnx does for its ``--output``. This check creates nothing, so a run that fails
+    before writing leaves no empty directory behind.
+    """
     target = Path(path).expanduser()
     if target.is_dir():
         raise IsADirectoryError(f"{target} is a directory; give a file path such as {target / 'model.onnx'}")
     if target.exists() and not force:
         raise FileExistsError(exists_message(target))
-    if not target.parent.is_dir():
-        raise FileNotFoundError(f"directory {target.parent} does not exist; create it first or choose another path")
-    if not os.access(target.parent, os.W_OK | os.X_OK):
+    existing = _nearest_existing(target.parent)
+    if not existing.is_dir():
+        raise NotADirectoryError(
+            f"cannot write {target}: {existing} is a file, not a directory; choose another output path"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
         raise PermissionError(
-            f"cannot write {target}: directory {target.parent} is not writable; choose another output path"
+            f"cannot write {target}: directory {existing} is not writable; choose another output path"
         )
     return target
+
+
+def make_parent_dirs(path: str | os.PathLike) -> Path:
+    """Create the missing parent directories of the output ``path`` (nothing when they exist); returns the parent.
+
+    Raises:
+        NotADirectoryError: a component of the parent is a file.
+        PermissionError: a parent cannot be created there.
+    """
+    target = Path(path).expanduser()
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # a component is a file
+        raise NotADirectoryError(
+            f"cannot write {target}: {_nearest_existing(target.parent)} is a file, not a directory; "
+            "choose another output path"
+        ) from None
+    except OSError as exc:
+        raise type(exc)(
+            exc.errno, f"cannot write {target}: cannot create directory {target.parent} ({exc.strerror}); "
+            "choose another output path"
+        ) from None
+    return target.parent
 
 
 def write_atomically(path: str | os.PathLike, data: bytes | bytearray | memoryview | str, *, force: bool = False) -> Path:
     """Write ``data`` to ``path`` through a temporary file in the same directory, then move it into place.
 
-    Without ``force`` the move is a hard link, which fails if ``path`` appeared meanwhile, so an existing file is
-    never replaced (on file systems without hard links: check, then rename).
+    Missing parent directories are created. Without ``force`` the move is a hard link, which fails if ``path``
+    appeared meanwhile, so an existing file is never replaced (on file systems without hard links: check, then
+    rename).
 
     Raises:
         FileExistsError: ``path`` exists and ``force`` is false.
         IsADirectoryError: ``path`` is a directory.
-        FileNotFoundError: the parent directory does not exist.
+        NotADirectoryError: a component of the parent path is a file.
         OSError: the file cannot be written (e.g. ``PermissionError``, a full disk); nothing is left behind.
     """
     target = check_output_path(path, force)
+    make_parent_dirs(target)
     payload = data.encode("utf-8") if isinstance(data, str) else data
     temporary = target.parent / f".{target.name}.{secrets.token_hex(4)}.tmp"
     try:

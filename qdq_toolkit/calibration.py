@@ -46,6 +46,9 @@ from typing import Literal
 
 import numpy as np
 
+from qdq_toolkit._progress import progress_bar
+from qdq_toolkit._validation import check_count
+
 __all__ = [
     "AMAX_FLOOR",
     "AmaxCollector",
@@ -53,6 +56,7 @@ __all__ = [
     "CalibrationReport",
     "HistogramCollector",
     "MaxCollector",
+    "NonFiniteActivationsError",
     "entropy_amax",
     "kl_divergences",
     "calibrate",
@@ -82,6 +86,26 @@ _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _CHUNK = 1 << 20  # values binned at a time, to bound temporary memory on large activations
 
 NonFinitePolicy = Literal["raise", "ignore"]
+
+
+class NonFiniteActivationsError(ValueError):
+    """A batch given to a collector holds NaN or Inf (with ``nonfinite='raise'``); :attr:`counts` says how many."""
+
+    def __init__(self, num_bad: int, num_values: int, num_nan: int) -> None:
+        self.num_bad, self.num_values, self.num_nan = num_bad, num_values, num_nan
+        super().__init__(
+            f"{self.counts}, so no calibration range can be taken from them. Check the "
+            f"calibration data for NaN/Inf (missing values, a division by zero in preprocessing) and the "
+            f"model for overflow (e.g. float16), or pass nonfinite='ignore' to leave such values out."
+        )
+
+    @property
+    def counts(self) -> str:
+        """``"3 of 20 values in this batch are not finite (2 NaN, 1 +/-Inf)"``."""
+        return (
+            f"{self.num_bad} of {self.num_values} values in this batch are not finite ({self.num_nan} NaN, "
+            f"{self.num_bad - self.num_nan} +/-Inf)"
+        )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -330,13 +354,7 @@ class AmaxCollector:
             finite = np.isfinite(flat)
             num_bad = flat.size - int(np.count_nonzero(finite))
             if self.nonfinite == "raise":
-                num_nan = int(np.count_nonzero(np.isnan(flat)))
-                raise ValueError(
-                    f"{num_bad} of {flat.size} values in this batch are not finite ({num_nan} NaN, "
-                    f"{num_bad - num_nan} +/-Inf), so no calibration range can be taken from them. Check the "
-                    f"calibration data for NaN/Inf (missing values, a division by zero in preprocessing) and the "
-                    f"model for overflow (e.g. float16), or pass nonfinite='ignore' to leave such values out."
-                )
+                raise NonFiniteActivationsError(num_bad, flat.size, int(np.count_nonzero(np.isnan(flat))))
             self._num_nonfinite_ignored += num_bad
             flat = flat[finite]
             if flat.size == 0:
@@ -672,10 +690,6 @@ def calibrate(
             message names the layer).
     """
     import keras
-    from tqdm.auto import tqdm
-
-    from qdq_toolkit.cases import iter_layers
-    from qdq_toolkit.quantize import quantized_layers
 
     if not isinstance(model, keras.Model):
         kind = type(model).__module__ + "." + type(model).__qualname__
@@ -684,78 +698,110 @@ def calibrate(
             "the model first: qat_model = quantize_model(model); calibrate(qat_model, data)."
         )
     _check_method(method)
-    if max_batches is not None and (isinstance(max_batches, bool) or not isinstance(max_batches, int) or max_batches < 1):
-        raise ValueError(f"max_batches must be a positive integer or None, got {max_batches!r}.")
+    check_count("max_batches", max_batches, allow_none=True)
+    wrappers = _wrappers_to_calibrate(model)
+    observer = _RangeObserver(model, method, num_bins=num_bins, percentile=percentile)
+    for wrapper in wrappers:
+        wrapper.set_observer(observer)
+    try:
+        num_batches, num_samples = _observe(model, _input_batches(data, batch_size), observer, max_batches, progress)
+    finally:
+        for wrapper in wrappers:
+            wrapper.set_observer(None)
+    rows = _set_ranges(wrappers, observer, percentile=percentile if method == "percentile" else None)
+    return CalibrationReport(method, num_batches, num_samples, tuple(rows), percentile if method == "percentile" else None)
+
+
+def _wrappers_to_calibrate(model) -> list:
+    """The wrappers of ``model`` with activation ranges, or a ValueError for a model without any."""
+    from qdq_toolkit.quantize import quantized_layers
+
     wrappers = [wrapper for wrapper in quantized_layers(model) if wrapper.activation_ranges()]
     if not wrappers:
         raise ValueError(
             "The model has no quantized activations to calibrate. Calibrate the model returned by "
             "qdq_toolkit.quantize_model(...), not the float model."
         )
-    path_of = {id(ref.layer): ref.path for ref in iter_layers(model)}
-    collectors: dict[tuple[str, str], AmaxCollector] = {}
-    failures: list[tuple[str, ValueError]] = []
+    return wrappers
 
-    def observe(wrapper, slot, tensor) -> None:
-        key = (path_of[id(wrapper)], slot)
-        if key not in collectors:
-            collectors[key] = make_collector(method, num_bins=num_bins, percentile=percentile)
+
+class _RangeObserver:
+    """The wrappers' observer during calibration: feeds every activation to its own collector, keyed
+    ``(layer path, slot)``, and keeps the first collector error with where it happened."""
+
+    def __init__(self, model, method: str, *, num_bins: int, percentile: float) -> None:
+        from qdq_toolkit.cases import iter_layers
+
+        self._path_of = {id(ref.layer): ref.path for ref in iter_layers(model)}
+        self.method, self._num_bins, self._percentile = method, num_bins, percentile
+        self.collectors: dict[tuple[str, str], AmaxCollector] = {}
+        self.failure: tuple[str, ValueError] | None = None
+
+    def path(self, wrapper) -> str:
+        return self._path_of[id(wrapper)]
+
+    def __call__(self, wrapper, slot: str, tensor) -> None:
+        key = (self.path(wrapper), slot)
+        if key not in self.collectors:
+            self.collectors[key] = make_collector(self.method, num_bins=self._num_bins, percentile=self._percentile)
         try:
-            collectors[key].update(np.asarray(tensor))
+            self.collectors[key].update(np.asarray(tensor))
         except ValueError as exc:
-            failures.append(("/".join(key), exc))
+            if self.failure is None:
+                self.failure = ("/".join(key), exc)
             raise
 
+    def error(self, batch_number: int) -> ValueError:
+        """The first collector error, said plainly with the layer and batch (Keras wraps it in its call report)."""
+        where, original = self.failure  # type: ignore[misc]
+        if isinstance(original, NonFiniteActivationsError):
+            return ValueError(
+                f"Calibration data gives non-finite activations at {where} in batch {batch_number}: "
+                f"{original.counts}. Check the calibration data for NaN/Inf (missing values, a division by zero "
+                "in preprocessing) and the model for overflow (e.g. float16)."
+            )
+        return ValueError(f"Calibration data gives invalid activations at {where} in batch {batch_number}: {original}")
+
+
+def _observe(model, batches, observer: _RangeObserver, max_batches: int | None, progress: bool) -> tuple[int, int]:
+    """Run the model in float on every batch (up to ``max_batches``); returns (batches, samples) seen."""
     num_batches = num_samples = num_empty = 0
-    for wrapper in wrappers:
-        wrapper.set_observer(observe)
-    try:
-        bar = tqdm(total=max_batches, desc=f"calibrating ({method})", unit="batch", disable=not progress)
-        with bar:
-            for batch in _input_batches(data, batch_size):
-                if max_batches is not None and num_batches >= max_batches:
-                    break
-                samples = _num_samples(batch)
-                if samples == 0:  # nothing to observe (and some layers cannot even run on it)
-                    num_empty += 1
-                    continue
-                try:
-                    model(batch, training=False)
-                except Exception:
-                    if not failures:
-                        raise
-                    # Keras wraps the collector's message in its own call report: say it plainly, with the layer.
-                    where, original = failures[0]
-                    detail = str(original)
-                    if "not finite" in detail:
-                        counts = detail.split(", so no calibration range")[0]
-                        raise ValueError(
-                            f"Calibration data gives non-finite activations at {where} in batch {num_batches + 1}: "
-                            f"{counts}. Check the calibration data for NaN/Inf (missing values, a division by zero "
-                            "in preprocessing) and the model for overflow (e.g. float16)."
-                        ) from None
-                    raise ValueError(
-                        f"Calibration data gives invalid activations at {where} in batch {num_batches + 1}: {detail}"
-                    ) from None
-                num_batches += 1
-                num_samples += samples
-                bar.update(1)
-    finally:
-        for wrapper in wrappers:
-            wrapper.set_observer(None)
+    with progress_bar(
+        total=max_batches, desc=f"calibrating ({observer.method})", unit="batch", enabled=progress, leave=True
+    ) as bar:
+        for batch in batches:
+            if max_batches is not None and num_batches >= max_batches:
+                break
+            samples = _num_samples(batch)
+            if samples == 0:  # nothing to observe (and some layers cannot even run on it)
+                num_empty += 1
+                continue
+            try:
+                model(batch, training=False)
+            except Exception:
+                if observer.failure is None:
+                    raise
+                raise observer.error(num_batches + 1) from None
+            num_batches += 1
+            num_samples += samples
+            bar.update(1)
     if num_batches == 0:
         held = f" (its {num_empty} batch(es) held no sample)" if num_empty else ""
         raise ValueError(f"The calibration data is empty{held}: give at least one batch of inputs.")
+    return num_batches, num_samples
 
+
+def _set_ranges(wrappers: list, observer: _RangeObserver, *, percentile: float | None) -> list[RangeRow]:
+    """Set every wrapper's ranges from its collectors; one row per range, with the value export will use."""
     rows = []
     for wrapper in wrappers:
-        path = path_of[id(wrapper)]
+        path = observer.path(wrapper)
         for slot in wrapper.activation_ranges():
-            collector = collectors.get((path, slot))
+            collector = observer.collectors.get((path, slot))
             if collector is None or collector.num_values == 0:
                 raise ValueError(f"{path}/{slot} saw no data during calibration; is this layer used by the model?")
-            amax = collector.compute_amax(method, percentile=percentile if method == "percentile" else None)
+            amax = collector.compute_amax(observer.method, percentile=percentile)
             wrapper.set_activation_range(slot, amax)
             stored = float(wrapper.activation_ranges()[slot].numpy())  # what export uses (after the quantizer's floor)
             rows.append(RangeRow(path, slot, stored, float(collector.max_abs), int(collector.num_values)))
-    return CalibrationReport(method, num_batches, num_samples, tuple(rows), percentile if method == "percentile" else None)
+    return rows

@@ -24,6 +24,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from qdq_toolkit._validation import check_positive_int
+
 __all__ = [
     "DIGITS_CLASS_NAMES",
     "DigitsData",
@@ -580,5 +582,4 @@ def _dataset_batches(
 
 def _check_positive_int(name: str, value: object) -> None:
     """Raise ``ValueError`` unless ``value`` is a positive int (bools are rejected)."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    check_positive_int(name, value)

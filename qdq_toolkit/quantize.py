@@ -7,8 +7,10 @@ Sequential models included), the clone gets copies of the weights, and the spec 
 from __future__ import annotations
 
 import difflib
+import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import keras
 
@@ -256,3 +258,47 @@ def load_model(path, *, compile: bool = True, safe_mode: bool = True, custom_obj
     bare ``import qdq_toolkit`` imports no submodule until a name is used.
     """
     return keras.saving.load_model(path, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode)
+
+
+class ModelFileError(ValueError):
+    """A model file that cannot be loaded: not a Keras archive, corrupt, or a directory; the message says which."""
+
+
+def _one_line(exc: BaseException) -> str:
+    """``Type: message`` on one line, without a trailing period (the caller adds its own sentence)."""
+    message = " ".join(str(exc).split()).rstrip(".")
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+def load_keras_file(path, *, safe_mode: bool = True):
+    """Load a Keras model file for inference (not compiled), with the QDQ wrappers registered; the file is checked
+    first so that a wrong path says what it is. The export CLI and the evaluator's Keras backend both use it.
+
+    Raises:
+        FileNotFoundError: nothing exists at ``path``.
+        ModelFileError: ``path`` is a directory (a SavedModel is named as one), a ``.keras`` file that is not a zip
+            archive, or a file Keras cannot load (the message carries Keras' reason, e.g. an unknown extension).
+    """
+    file = Path(path).expanduser()
+    if not file.exists():
+        raise FileNotFoundError(f"Keras model file {file} does not exist; check the path")
+    if file.is_dir():
+        hint = (
+            "it looks like a SavedModel: pass it with --saved-model (saved_model_to_onnx in Python)"
+            if (file / "saved_model.pb").exists()
+            else "give the .keras file written by model.save('model.keras')"
+        )
+        raise ModelFileError(f"{file} is a directory, not a .keras file; {hint}")
+    if file.suffix.lower() == ".keras" and not zipfile.is_zipfile(file):
+        raise ModelFileError(
+            f"cannot load Keras model {file}: it is not a .keras file (every .keras file is a zip archive and this "
+            "one is not a .keras archive: it is corrupt or truncated, or another format renamed). Save the model "
+            "again with model.save('model.keras')"
+        )
+    try:
+        return keras.saving.load_model(file, compile=False, safe_mode=safe_mode)
+    except Exception as exc:  # noqa: BLE001 - Keras raises many types for a corrupt file
+        raise ModelFileError(
+            f"cannot load Keras model {file}: {_one_line(exc)}. Give a file written by model.save('model.keras') "
+            "(custom layers must be registered before loading)"
+        ) from exc

@@ -21,6 +21,13 @@ from keras import ops
 
 from qdq_toolkit import quantizers
 from qdq_toolkit.quantizers import RangeTracking
+from qdq_toolkit.range_variables import (
+    INPUT_SLOT,
+    POINTWISE_INPUT_SLOT,
+    amax_variable_name,
+    input_slot,
+    steps_variable_name,
+)
 
 #: Signature of a calibration observer: ``observer(wrapper, slot_name, tensor)``.
 Observer = Callable[["QDQWrapper", str, object], None]
@@ -88,7 +95,7 @@ class QDQWrapper(keras.layers.Wrapper):
         for slot in self.range_slots():
             self._ranges[slot] = (
                 self.add_weight(
-                    name=f"{slot}_amax",
+                    name=amax_variable_name(slot),
                     shape=(),
                     initializer=keras.initializers.Constant(1.0),
                     trainable=False,
@@ -96,7 +103,7 @@ class QDQWrapper(keras.layers.Wrapper):
                     aggregation="only_first_replica",
                 ),
                 self.add_weight(
-                    name=f"{slot}_steps",
+                    name=steps_variable_name(slot),
                     shape=(),
                     initializer="zeros",
                     trainable=False,
@@ -107,10 +114,11 @@ class QDQWrapper(keras.layers.Wrapper):
         self.built = True
 
     def range_slots(self) -> list[str]:
-        """Names of the activation ranges this wrapper keeps: ``input``, ``input_1``, ... (and extras)."""
+        """Names of the activation ranges this wrapper keeps: ``input``, ``input_1``, ... (and extras); see
+        :mod:`qdq_toolkit.range_variables` for the names and their variables."""
         if not self.multi_input:
-            return ["input"] if self.quantize_inputs else []
-        return [f"input_{i}" for i in self.quantize_inputs]
+            return [INPUT_SLOT] if self.quantize_inputs else []
+        return [input_slot(i) for i in self.quantize_inputs]
 
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)
@@ -171,9 +179,9 @@ class QDQWrapper(keras.layers.Wrapper):
         if self.multi_input:
             inputs = list(inputs)
             for index in self.quantize_inputs:
-                inputs[index] = self.quantize_activation(f"input_{index}", inputs[index], training)
+                inputs[index] = self.quantize_activation(input_slot(index), inputs[index], training)
         elif self.quantize_inputs:
-            inputs = self.quantize_activation("input", inputs, training)
+            inputs = self.quantize_activation(INPUT_SLOT, inputs, training)
         return self.quantized_call(inputs, training, **kwargs)
 
     def quantized_call(self, inputs, training=None, **kwargs):
@@ -307,7 +315,7 @@ class SeparableConvQDQWrapper(QDQWrapper):
     def range_slots(self) -> list[str]:
         slots = super().range_slots()
         if self.quantize_inputs:
-            slots.append("pointwise_input")
+            slots.append(POINTWISE_INPUT_SLOT)
         return slots
 
     def quantized_call(self, inputs, training=None, **kwargs):
@@ -321,7 +329,7 @@ class SeparableConvQDQWrapper(QDQWrapper):
             data_format=layer.data_format,
         )
         if self.quantize_inputs:
-            depthwise = self.quantize_activation("pointwise_input", depthwise, training)
+            depthwise = self.quantize_activation(POINTWISE_INPUT_SLOT, depthwise, training)
         outputs = ops.conv(
             depthwise,
             self.quantized_kernel("pointwise_kernel", training),

@@ -460,8 +460,10 @@ def test_report_plot_is_png_and_files_are_written_atomically(tmp_path: Path) -> 
         "plot.png",
         "report.json",
     ]  # no temp file left
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        write_atomically(tmp_path / "missing" / "x.md", "text")
+    assert write_atomically(tmp_path / "missing" / "x.md", "text").read_text() == "text"  # parents created
+    with pytest.raises(NotADirectoryError, match="is a file, not a directory"):
+        write_atomically(tmp_path / "report.json" / "x.md", "text")
+    assert (tmp_path / "report.json").is_file()
 
 
 def test_report_rejects_unknown_baseline() -> None:
@@ -626,3 +628,15 @@ def test_cli_on_imagenet_tfrecords(imagenet_dir: Path, tmp_path: Path) -> None:
     assert data["dataset"]["name"] == "imagenet" and data["dataset"]["image_shape"] == [32, 32, 3]
     assert data["dataset"]["samples"] == 5 and data["models"][0]["name"] == "tiny"
     assert data["models"][0]["latency"][0]["batch_size"] == 2
+
+
+def test_cli_creates_report_folders_and_takes_the_export_batch_flag(digits_models: dict, tmp_path: Path) -> None:
+    """``--json runs/r/report.json`` creates ``runs/r``; ``--batch`` (the export CLI's name) is ``--batch-sizes``."""
+    result = _cli(
+        "--dataset", "digits", "--model", f"qat={digits_models['onnx']}", "--max-samples", "40",
+        "--batch", "1,2", "--warmup", "0", "--runs", "1", "--quiet", "--json", "runs/r/report.json",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    data = json.loads((tmp_path / "runs" / "r" / "report.json").read_text())
+    assert [entry["batch_size"] for entry in data["models"][0]["latency"]] == [1, 2]

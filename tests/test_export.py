@@ -255,8 +255,10 @@ def test_bad_inputs(tmp_path, trained):
         saved_model_to_onnx(tmp_path / "empty", tmp_path / "a.onnx")
     with pytest.raises(TypeError, match="keras.Model"):
         keras_to_onnx("model.keras", tmp_path / "a.onnx")
-    with pytest.raises(FileNotFoundError, match="create"):
-        keras_to_onnx(trained.qat_model, tmp_path / "no" / "dir" / "a.onnx")
+    created = keras_to_onnx(trained.qat_model, tmp_path / "no" / "dir" / "a.onnx").path  # parents made, as tf2onnx does
+    assert created == tmp_path / "no" / "dir" / "a.onnx" and onnx.load(created).graph.node
+    with pytest.raises(NotADirectoryError, match="is a file, not a directory"):
+        keras_to_onnx(trained.qat_model, created / "b.onnx")
     assert ExportError.__mro__[1] is RuntimeError
 
 

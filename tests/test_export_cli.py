@@ -121,7 +121,7 @@ def test_refuses_to_overwrite_without_force(artifacts, tmp_path):
         (["--keras-model", "corrupt.keras", "--output", "x.onnx"], "not a .keras file"),
         (["--saved-model", ".", "--output", "x.onnx"], "not a SavedModel directory"),
         (["--check", "corrupt.keras"], "not a valid ONNX model"),
-        (["--keras-model", "corrupt.keras", "--output", "no_dir/x.onnx"], "create"),
+        (["--keras-model", "corrupt.keras", "--output", "corrupt.keras/x.onnx"], "is a file, not a directory"),
     ],
 )
 def test_bad_paths_give_one_line(tmp_path, args, message):
@@ -148,6 +148,18 @@ def test_engine_without_tensorrt_keeps_the_onnx(artifacts, tmp_path):
     assert "pip install" in result.stderr and "Traceback" not in result.stderr
     assert out.exists() and not engine.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
+def test_output_folders_are_created(artifacts, tmp_path):
+    """``--output runs/x/model.onnx`` creates ``runs/x`` (as tf2onnx does); a refused engine creates no folder."""
+    from qdq_toolkit.export.tensorrt import tensorrt_status
+
+    result = cli("--keras-model", artifacts / "qat.keras", "--output", "runs/x/model.onnx", "--engine",
+                 "runs/y/model.plan", "--batch", "1,4", "-q", cwd=tmp_path)
+    assert result.returncode == (0 if tensorrt_status() is None else 4), result.stderr
+    onnx.checker.check_model(onnx.load(tmp_path / "runs" / "x" / "model.onnx"))
+    if tensorrt_status() is not None:
+        assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["x"], "no folder for an engine not built"
 
 
 def test_check_reports_violations_with_exit_3(tmp_path):

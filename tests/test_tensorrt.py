@@ -239,6 +239,24 @@ def test_force_without_tensorrt_leaves_the_existing_engine_intact(without_tensor
     assert directory_snapshot(tmp_path) == before
 
 
+def test_engine_path_in_a_missing_folder_passes_the_path_checks(without_tensorrt, qdq_onnx, tmp_path):
+    """A new folder for the engine is fine (it is created when the engine is written); refused before any build, the
+    call leaves no folder behind. A file in the way of the folder is refused first."""
+    with pytest.raises(TensorRTUnavailableError):
+        build_engine(qdq_onnx, tmp_path / "runs" / "x" / "model.engine")
+    assert not (tmp_path / "runs").exists()
+    with pytest.raises(NotADirectoryError, match="is a file, not a directory"):
+        build_engine(qdq_onnx, qdq_onnx / "model.engine")
+
+
+def test_writer_creates_missing_folders(tmp_path):
+    from qdq_toolkit._files import write_atomically
+
+    target = write_atomically(tmp_path / "runs" / "x" / "model.engine", memoryview(b"plan"))
+    assert target.read_bytes() == b"plan"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["model.engine"], "no temporary file left"
+
+
 @pytest.mark.parametrize(
     ("batch_sizes", "expected"),
     [

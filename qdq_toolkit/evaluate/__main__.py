@@ -16,8 +16,22 @@ from typing import Any
 # Before anything imports TensorFlow: keep its C++ start-up chatter out of the report.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from qdq_toolkit._cli import CliError, native_stderr_silenced
-from qdq_toolkit.evaluate._progress import progress_wanted  # noqa: E402
+from qdq_toolkit._cli import (  # noqa: E402
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_NOTHING_EVALUATED,
+    EXIT_OK,
+    EXIT_USAGE,
+    CliError,
+    add_batch_sizes_argument,
+    check_output_path,
+    native_stderr_silenced,
+    non_negative_int,
+    positive_int,
+    progress_printer,
+    progress_wanted,
+    write_atomically,
+)
 from qdq_toolkit.evaluate.backends import check_model_path  # noqa: E402
 from qdq_toolkit.evaluate.errors import EvaluationError  # noqa: E402
 from qdq_toolkit.evaluate.evaluator import (  # noqa: E402
@@ -28,12 +42,6 @@ from qdq_toolkit.evaluate.evaluator import (  # noqa: E402
     open_models,
 )
 from qdq_toolkit.evaluate.latency import DEFAULT_RUNS, DEFAULT_WARMUP  # noqa: E402
-
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-EXIT_NOTHING_EVALUATED = 3
-EXIT_INTERRUPTED = 130
 
 PROG = "python -m qdq_toolkit.evaluate"
 
@@ -74,42 +82,6 @@ exit codes:
   {EXIT_USAGE}    usage error: invalid or inconsistent options
   {EXIT_NOTHING_EVALUATED}    no model could be evaluated here (every model was a skipped TensorRT engine); nothing written
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C); output files are only ever complete or absent"""
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 0")
-    return value
-
-
-def _batch_sizes(text: str) -> tuple[int, ...]:
-    parts = [part.strip() for part in text.split(",") if part.strip()]
-    if not parts:
-        raise argparse.ArgumentTypeError("give comma-separated batch sizes, e.g. 1,8,32")
-    sizes = []
-    for part in parts:
-        try:
-            size = int(part)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{part!r} is not an integer; give e.g. 1,8,32") from None
-        if size < 1:
-            raise argparse.ArgumentTypeError(f"batch size {size} must be at least 1")
-        sizes.append(size)
-    return tuple(dict.fromkeys(sizes))
 
 
 def _model_spec(text: str) -> tuple[str | None, str]:
@@ -153,11 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="digits: test (default) or train; imagenet: validation (default) or train (no augmentation)",
     )
     data.add_argument(
-        "--max-samples", type=_positive_int, metavar="N", help="evaluate only the first N images"
+        "--max-samples", type=positive_int, metavar="N", help="evaluate only the first N images"
     )
     data.add_argument(
         "--image-size",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="image height and width (default: the models' input size; "
         "8 for digits, 224 for imagenet when the models leave it open)",
@@ -176,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data.add_argument(
         "--label-offset",
-        type=_non_negative_int,
+        type=non_negative_int,
         metavar="K",
         help="imagenet: subtracted from image/class/label (default 1, the build_imagenet_data.py convention)",
     )
@@ -197,29 +169,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     models.add_argument(
         "--threads",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="ONNX Runtime intra-op threads (default: ONNX Runtime's choice, one per physical core)",
     )
 
     timing = parser.add_argument_group("latency")
-    timing.add_argument(
-        "--batch-sizes",
-        type=_batch_sizes,
+    add_batch_sizes_argument(
+        timing,
         default=DEFAULT_BATCH_SIZES,
-        metavar="B1,B2,...",
         help=f"batch sizes to time (default {','.join(map(str, DEFAULT_BATCH_SIZES))})",
     )
     timing.add_argument(
         "--warmup",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=DEFAULT_WARMUP,
         metavar="N",
         help=f"untimed warm-up runs per model and batch size, excluded from the statistics (default {DEFAULT_WARMUP})",
     )
     timing.add_argument(
         "--runs",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_RUNS,
         metavar="N",
         help=f"timed runs per model and batch size (default {DEFAULT_RUNS})",
@@ -232,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     timing.add_argument(
         "--eval-batch-size",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_EVAL_BATCH_SIZE,
         metavar="N",
         help=f"images per batch in the accuracy pass (default {DEFAULT_EVAL_BATCH_SIZE})",
@@ -282,26 +252,20 @@ def _check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
-    """Fail before any work when an output cannot be written (exists without --force, no such directory)."""
+    """Fail before any work when an output cannot be written (exists without --force, a directory, not writable).
+
+    Missing directories are fine: they are created when the file is written.
+    """
     model_files = {Path(path).expanduser().resolve() for _, path in args.models}
     for flag, path in (("--json", args.json), ("--markdown", args.markdown), ("--plot", args.plot)):
         if path is None:
             continue
-        target = path.expanduser()
-        if target.is_dir():
-            raise CliError(f"{flag} {target} is a directory; give a file path")
-        if target.resolve() in model_files:
-            raise CliError(f"{flag} {target} is one of the model files; choose another path")
-        if target.exists() and not args.force:
-            raise CliError(
-                f"{flag} {target} already exists; pass --force to overwrite it, or choose another path"
-            )
-        if not target.parent.is_dir():
-            raise CliError(f"{flag}: directory {target.parent} does not exist; create it first")
-        if not os.access(target.parent, os.W_OK | os.X_OK):
-            raise CliError(
-                f"{flag}: cannot write {target}: directory {target.parent} is not writable; choose another path"
-            )
+        if path.expanduser().resolve() in model_files:
+            raise CliError(f"{flag} {path.expanduser()} is one of the model files; choose another path")
+        try:
+            check_output_path(path, args.force)
+        except OSError as exc:
+            raise CliError(f"{flag}: {exc}") from None
 
 
 def _image_shape(args: argparse.Namespace, model_set: ModelSet) -> tuple[int, int]:
@@ -348,10 +312,7 @@ def _warn_skipped(name: str, reason: str) -> None:
 def run(args: argparse.Namespace) -> int:
     """Evaluate as ``args`` say; returns the exit code. Raises on errors (``main`` prints them as one line)."""
 
-    def say(message: str) -> None:
-        if not args.quiet:
-            print(message, file=sys.stderr, flush=True)
-
+    say = progress_printer(args.quiet, elapsed=False)
     _check_outputs(args)
     for _, path in args.models:  # every path before any slow import or load
         check_model_path(path)
@@ -387,7 +348,7 @@ def run(args: argparse.Namespace) -> int:
     for path, write in (
         (args.json, lambda p: report.write_json(p, force=args.force)),
         (args.markdown, lambda p: report.write_markdown(p, force=args.force)),
-        (args.plot, lambda p: _write_bytes(p, plot, force=args.force)),
+        (args.plot, lambda p: write_atomically(p, plot or b"", force=args.force)),
     ):
         if path is not None:
             say(f"wrote {write(path)}")
@@ -400,12 +361,6 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return EXIT_OK
-
-
-def _write_bytes(path: Path, data: bytes | None, *, force: bool) -> Path:
-    from qdq_toolkit._files import write_atomically
-
-    return write_atomically(path, data or b"", force=force)
 
 
 def _one_line(exc: BaseException) -> str:

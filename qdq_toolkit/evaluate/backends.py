@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import abc
 import os
-import zipfile
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
+from qdq_toolkit._validation import check_count
 from qdq_toolkit.evaluate.errors import EvaluationError
 
 __all__ = [
@@ -367,22 +367,12 @@ class KerasBackend(Backend):
 
     @staticmethod
     def _load(path: Path, *, safe_mode: bool) -> Any:
-        import keras
+        from qdq_toolkit.quantize import ModelFileError, load_keras_file
 
-        import qdq_toolkit.wrappers  # noqa: F401  (registers the QDQ wrappers as Keras serializables)
-
-        if path.suffix.lower() == ".keras" and not zipfile.is_zipfile(path):
-            raise EvaluationError(
-                f"cannot load Keras model {path}: it is not a .keras archive (a zip file); it is corrupt or "
-                "truncated, or another format renamed. Save the model again with model.save('model.keras')"
-            )
         try:
-            return keras.saving.load_model(path, compile=False, safe_mode=safe_mode)
-        except Exception as exc:
-            raise EvaluationError(
-                f"cannot load Keras model {path}: {_error_text(exc)}. Give a file written by "
-                "model.save('model.keras') (custom layers must be registered before loading)"
-            ) from exc
+            return load_keras_file(path, safe_mode=safe_mode)
+        except ModelFileError as exc:
+            raise EvaluationError(str(exc)) from exc
 
     def _model_input_shape(self, model: Any) -> Shape | None:
         try:
@@ -487,12 +477,7 @@ class OnnxRuntimeBackend(Backend):
         if kind != "onnxruntime":
             raise EvaluationError(f"{file} is not an .onnx file; OnnxRuntimeBackend runs ONNX models")
         super().__init__(name or file.stem, file)
-        if intra_op_threads is not None and (
-            isinstance(intra_op_threads, bool)
-            or not isinstance(intra_op_threads, int)
-            or intra_op_threads < 1
-        ):
-            raise ValueError(f"intra_op_threads must be a positive integer or None, got {intra_op_threads!r}")
+        intra_op_threads = check_count("intra_op_threads", intra_op_threads, allow_none=True)
         import onnxruntime as ort
 
         self._ort_version = str(ort.__version__)

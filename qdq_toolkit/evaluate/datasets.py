@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from qdq_toolkit._validation import check_count, check_positive_int
 from qdq_toolkit.evaluate.errors import EvaluationError
 
 __all__ = [
@@ -37,11 +38,7 @@ BatchFactory = Callable[[int], Iterable[tuple[np.ndarray, np.ndarray]]]
 
 
 def _check_max_samples(max_samples: int | None) -> int | None:
-    if max_samples is None:
-        return None
-    if isinstance(max_samples, bool) or not isinstance(max_samples, int | np.integer) or max_samples < 1:
-        raise ValueError(f"max_samples must be a positive integer or None, got {max_samples!r}")
-    return int(max_samples)
+    return check_count("max_samples", max_samples, allow_none=True)
 
 
 @dataclass(frozen=True)
@@ -68,8 +65,7 @@ class EvalDataset:
 
     def batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield ``(images, labels)`` batches of ``batch_size`` (the last one smaller), at most ``max_samples``."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        check_positive_int("batch_size", batch_size)
         remaining = self.max_samples
         for images, labels in self.make_batches(int(batch_size)):
             if remaining is not None:

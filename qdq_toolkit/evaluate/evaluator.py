@@ -31,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from qdq_toolkit.evaluate._progress import progress_bar
+from qdq_toolkit._progress import progress_bar
+from qdq_toolkit._validation import check_count, check_positive_int
 from qdq_toolkit.evaluate.backends import (
     Backend,
     KerasBackend,
@@ -165,8 +166,6 @@ def open_models(
         FileNotFoundError: a model file does not exist.
         EvaluationError: unknown extension, a file that cannot be loaded, or repeated names.
     """
-    from qdq_toolkit.export.tensorrt import TensorRTUnavailableError
-
     items = _named_sources(models)
     # Check every path before loading anything, so that a typo in the last model fails in a second.
     for _, source in items:
@@ -178,24 +177,26 @@ def open_models(
             if isinstance(source, Backend):
                 model_set._add(name, source, owned=False)
                 continue
-            if isinstance(source, str | os.PathLike):
-                try:
-                    backend = load_backend(source, name, intra_op_threads=intra_op_threads)
-                except TensorRTUnavailableError as exc:
-                    skipped = SkippedModel(
-                        name, backend_kind_for_path(source), Path(source).expanduser(), str(exc)
-                    )
-                    model_set._add(name, skipped, owned=False)
-                    if on_skip is not None:
-                        on_skip(name, str(exc))
-                    continue
-            else:
-                backend = KerasBackend(source, name)
-            model_set._add(name, backend, owned=True)
+            entry = _open_one(name, source, intra_op_threads=intra_op_threads)
+            model_set._add(name, entry, owned=isinstance(entry, Backend))
+            if isinstance(entry, SkippedModel) and on_skip is not None:
+                on_skip(name, entry.reason)
     except BaseException:
         model_set.close()
         raise
     return model_set
+
+
+def _open_one(name: str, source: Any, *, intra_op_threads: int | None) -> Backend | SkippedModel:
+    """A backend for a model file or ``keras.Model``; a TensorRT engine that cannot run here is a skipped model."""
+    from qdq_toolkit.export.tensorrt import TensorRTUnavailableError
+
+    if not isinstance(source, str | os.PathLike):
+        return KerasBackend(source, name)
+    try:
+        return load_backend(source, name, intra_op_threads=intra_op_threads)
+    except TensorRTUnavailableError as exc:
+        return SkippedModel(name, backend_kind_for_path(source), Path(source).expanduser(), str(exc))
 
 
 def environment_info() -> dict[str, Any]:
@@ -216,9 +217,42 @@ def environment_info() -> dict[str, Any]:
 
 
 def _check_positive(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise EvaluationError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
+    return check_positive_int(name, value, error=EvaluationError)
+
+
+@dataclass(frozen=True)
+class _Counts:
+    """The checked counts of one evaluation."""
+
+    eval_batch_size: int
+    batch_sizes: tuple[int, ...]
+    warmup: int
+    runs: int
+
+
+def _check_counts(
+    eval_batch_size: object, batch_sizes: Sequence[int], *, latency: bool, warmup: object, runs: object
+) -> _Counts:
+    """Every count checked (batch sizes without repeats, order kept); ``warmup``/``runs`` only when timing."""
+    eval_batch_size = _check_positive("eval_batch_size", eval_batch_size)
+    sizes = tuple(_check_positive("batch size", size) for size in batch_sizes)
+    if latency:
+        if not sizes:
+            raise EvaluationError(
+                "batch_sizes is empty; give at least one batch size to time, e.g. (1, 8, 32)"
+            )
+        runs = _check_positive("runs", runs)
+        warmup = check_count("warmup", warmup, minimum=0, error=EvaluationError)
+    return _Counts(eval_batch_size, tuple(dict.fromkeys(sizes)), warmup, runs)  # type: ignore[arg-type]
+
+
+def _choose_baseline(model_set: ModelSet, baseline: str | None) -> str | None:
+    """The baseline asked for (it must be one of the models), else the first model that runs."""
+    if baseline is not None and baseline not in model_set.names:
+        raise EvaluationError(f"baseline {baseline!r} is not one of the models {model_set.names}")
+    if baseline is None and model_set.backends:
+        return next(iter(model_set.backends))
+    return baseline
 
 
 def _check_shapes(backends: Mapping[str, Backend], dataset: EvalDataset) -> None:
@@ -271,6 +305,91 @@ def _accuracy_pass(
     return accumulators
 
 
+def _latency_pass(
+    backends: Mapping[str, Backend],
+    dataset: EvalDataset,
+    counts: _Counts,
+    *,
+    interleave: bool,
+    progress: bool,
+) -> tuple[dict[str, dict[int, Any]], dict[str, dict[int, str]]]:
+    """Time every backend at every batch size it supports: ``(timings, not timed with the reason)`` by name."""
+    sizes = counts.batch_sizes
+    not_timed: dict[str, dict[int, str]] = {name: {} for name in backends}
+    only: dict[str, list[int]] = {}
+    for name, backend in backends.items():
+        for size in sizes:
+            reason = backend.unsupported_batch_size(size)
+            if reason is not None:
+                not_timed[name][size] = reason
+        only[name] = [size for size in sizes if size not in not_timed[name]]
+    timings = measure_latencies(
+        {name: backend.predict for name, backend in backends.items()},
+        dataset.sample_images(max(sizes)),
+        sizes,
+        warmup=counts.warmup,
+        runs=counts.runs,
+        interleave=interleave,
+        only=only,
+        progress=progress,
+    )
+    return timings, not_timed
+
+
+def _skipped_result(name: str, entry: SkippedModel) -> ModelResult:
+    return ModelResult(
+        name=name,
+        kind=entry.kind,
+        status=STATUS_SKIPPED,
+        path=None if entry.path is None else str(entry.path),
+        file_size=entry.file_size,
+        reason=entry.reason,
+    )
+
+
+def _model_results(
+    model_set: ModelSet,
+    accumulators: Mapping[str, TopKAccumulator],
+    timings: Mapping[str, dict[int, Any]],
+    not_timed: Mapping[str, dict[int, str]],
+    *,
+    baseline: str | None,
+    latency: bool,
+) -> tuple[list[ModelResult], int]:
+    """One :class:`ModelResult` per model, in order, and the number of images evaluated."""
+    base_predictions = None
+    if baseline is not None and baseline in accumulators and accumulators[baseline].keep_predictions:
+        base_predictions = accumulators[baseline].predictions
+    results = []
+    samples = 0
+    for name, entry in model_set.entries():
+        if isinstance(entry, SkippedModel):
+            results.append(_skipped_result(name, entry))
+            continue
+        accumulator = accumulators[name]
+        accuracy = accumulator.result()
+        samples = max(samples, accuracy.samples)
+        agreement = None
+        if base_predictions is not None and accumulator.keep_predictions:
+            agreement = float(np.mean(accumulator.predictions == base_predictions))
+        results.append(
+            ModelResult(
+                name=name,
+                kind=entry.kind,
+                status=STATUS_EVALUATED,
+                path=None if entry.path is None else str(entry.path),
+                file_size=entry.file_size,
+                backend=entry.describe(),
+                device=entry.device,
+                accuracy=accuracy,
+                agreement=agreement,
+                latency=dict(timings.get(name, {})),
+                latency_skipped=dict(not_timed.get(name, {})) if latency else {},
+            )
+        )
+    return results, samples
+
+
 def evaluate_models(
     models: ModelSet | Mapping[str, ModelSource] | Sequence[tuple[str, ModelSource]],
     dataset: EvalDataset,
@@ -308,19 +427,7 @@ def evaluate_models(
         FileNotFoundError: a model file does not exist.
         EvaluationError: a model cannot be loaded or run on this dataset, an unknown baseline, bad counts.
     """
-    eval_batch_size = _check_positive("eval_batch_size", eval_batch_size)
-    sizes = tuple(_check_positive("batch size", size) for size in batch_sizes)
-    if latency:
-        if not sizes:
-            raise EvaluationError(
-                "batch_sizes is empty; give at least one batch size to time, e.g. (1, 8, 32)"
-            )
-        runs = _check_positive("runs", runs)
-        if isinstance(warmup, bool) or not isinstance(warmup, int | np.integer) or warmup < 0:
-            raise EvaluationError(f"warmup must be an integer >= 0, got {warmup!r}")
-    if len(set(sizes)) != len(sizes):
-        sizes = tuple(dict.fromkeys(sizes))
-
+    counts = _check_counts(eval_batch_size, batch_sizes, latency=latency, warmup=warmup, runs=runs)
     with contextlib.ExitStack() as stack:
         if isinstance(models, ModelSet):
             model_set = models
@@ -328,94 +435,40 @@ def evaluate_models(
             model_set = stack.enter_context(
                 open_models(models, intra_op_threads=intra_op_threads, on_skip=on_skip)
             )
-        names = model_set.names
+        baseline = _choose_baseline(model_set, baseline)
         backends = model_set.backends
-        if baseline is not None and baseline not in names:
-            raise EvaluationError(f"baseline {baseline!r} is not one of the models {names}")
-        if baseline is None and backends:
-            baseline = next(iter(backends))
         _check_shapes(backends, dataset)
 
         accumulators: dict[str, TopKAccumulator] = {}
-        timings: dict[str, dict[int, Any]] = {name: {} for name in backends}
-        not_timed: dict[str, dict[int, str]] = {name: {} for name in backends}
+        timings: dict[str, dict[int, Any]] = {}
+        not_timed: dict[str, dict[int, str]] = {}
         if backends:
-            keep = baseline is not None and baseline in backends
             accumulators = _accuracy_pass(
-                backends, dataset, eval_batch_size=eval_batch_size, keep_predictions=keep, progress=progress
+                backends,
+                dataset,
+                eval_batch_size=counts.eval_batch_size,
+                keep_predictions=baseline in backends,
+                progress=progress,
             )
             if latency:
-                only: dict[str, list[int]] = {}
-                for name, backend in backends.items():
-                    for size in sizes:
-                        reason = backend.unsupported_batch_size(size)
-                        if reason is not None:
-                            not_timed[name][size] = reason
-                    only[name] = [size for size in sizes if size not in not_timed[name]]
-                images = dataset.sample_images(max(sizes))
-                predictors = {name: backend.predict for name, backend in backends.items()}
-                timings = measure_latencies(
-                    predictors,
-                    images,
-                    sizes,
-                    warmup=warmup,
-                    runs=runs,
-                    interleave=interleave,
-                    only=only,
-                    progress=progress,
+                timings, not_timed = _latency_pass(
+                    backends, dataset, counts, interleave=interleave, progress=progress
                 )
-
-        base_predictions = None
-        if baseline is not None and baseline in accumulators and accumulators[baseline].keep_predictions:
-            base_predictions = accumulators[baseline].predictions
-        results = []
-        samples = 0
-        for name, entry in model_set.entries():
-            if isinstance(entry, SkippedModel):
-                results.append(
-                    ModelResult(
-                        name=name,
-                        kind=entry.kind,
-                        status=STATUS_SKIPPED,
-                        path=None if entry.path is None else str(entry.path),
-                        file_size=entry.file_size,
-                        reason=entry.reason,
-                    )
-                )
-                continue
-            accumulator = accumulators[name]
-            accuracy = accumulator.result()
-            samples = max(samples, accuracy.samples)
-            agreement = None
-            if base_predictions is not None and accumulator.keep_predictions:
-                agreement = float(np.mean(accumulator.predictions == base_predictions))
-            results.append(
-                ModelResult(
-                    name=name,
-                    kind=entry.kind,
-                    status=STATUS_EVALUATED,
-                    path=None if entry.path is None else str(entry.path),
-                    file_size=entry.file_size,
-                    backend=entry.describe(),
-                    device=entry.device,
-                    accuracy=accuracy,
-                    agreement=agreement,
-                    latency=dict(timings.get(name, {})),
-                    latency_skipped=dict(not_timed[name]) if latency else {},
-                )
-            )
+        results, samples = _model_results(
+            model_set, accumulators, timings, not_timed, baseline=baseline, latency=latency
+        )
 
     return ComparisonReport(
         results=tuple(results),
         baseline=baseline,
         dataset={**dataset.to_dict(), "samples": samples},
-        batch_sizes=sizes if latency else (),
+        batch_sizes=counts.batch_sizes if latency else (),
         settings={
             "latency": latency,
-            "warmup": warmup if latency else None,
-            "runs": runs if latency else None,
+            "warmup": counts.warmup if latency else None,
+            "runs": counts.runs if latency else None,
             "interleave": interleave if latency else None,
-            "eval_batch_size": eval_batch_size,
+            "eval_batch_size": counts.eval_batch_size,
             "intra_op_threads": intra_op_threads,
         },
         environment=environment_info(),

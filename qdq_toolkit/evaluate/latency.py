@@ -34,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from qdq_toolkit.evaluate._progress import progress_bar
+from qdq_toolkit._progress import progress_bar
+from qdq_toolkit._validation import check_count
 
 __all__ = [
     "DEFAULT_RUNS",
@@ -134,9 +135,7 @@ class LatencyStats:
 
 
 def _check_count(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+    return check_count(name, value, minimum=minimum)  # type: ignore[return-value]
 
 
 def latency_stats(times_ms: Sequence[float], batch_size: int, warmup_runs: int) -> LatencyStats:

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from qdq_toolkit._validation import check_positive_int
+
 __all__ = ["AccuracyResult", "TopKAccumulator", "top_k_accuracy", "top_k_correct"]
 
 
@@ -57,9 +59,7 @@ def _as_scores_and_labels(scores: np.ndarray, labels: np.ndarray) -> tuple[np.nd
 
 
 def _check_k(k: int) -> int:
-    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-        raise ValueError(f"k must be a positive integer such as 1 or 5, got {k!r}")
-    return int(k)
+    return check_positive_int("k", k)
 
 
 def top_k_correct(scores: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:

@@ -9,12 +9,11 @@ from qdq_toolkit.export.fusion import Finding, FusionReport, Prediction, predict
 from qdq_toolkit.export.onnx import (
     ExportError,
     ExportResult,
-    UnobservedRangeWarning,
     export_saved_model,
     keras_to_onnx,
     saved_model_to_onnx,
-    unobserved_ranges,
 )
+from qdq_toolkit.export.ranges import UnobservedRangeWarning, unobserved_ranges
 
 __all__ = [
     "ExportError",

@@ -13,17 +13,21 @@ import argparse
 import os
 import sys
 import warnings
-import zipfile
 from pathlib import Path
 
-from qdq_toolkit._cli import CliError, native_stderr_silenced, progress_printer
-
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-EXIT_VIOLATIONS = 3
-EXIT_NO_TENSORRT = 4
-EXIT_INTERRUPTED = 130
+from qdq_toolkit._cli import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_NO_TENSORRT,
+    EXIT_OK,
+    EXIT_USAGE,
+    EXIT_VIOLATIONS,
+    CliError,
+    add_batch_sizes_argument,
+    check_output_path,
+    native_stderr_silenced,
+    progress_printer,
+)
 
 EPILOG = f"""\
 exit codes:
@@ -58,8 +62,8 @@ def _parser() -> argparse.ArgumentParser:
         "--fp16", action="store_true", help="write the float parts of the graph in float16 (Q/DQ scales stay float32)"
     )
     parser.add_argument("--engine", metavar="FILE", help="also build a TensorRT engine (plan) from the ONNX file")
-    parser.add_argument(
-        "--batch", default="1,8,32", metavar="SIZES", help="engine batch sizes: min,opt,max profile (default 1,8,32)"
+    add_batch_sizes_argument(
+        parser, default=(1, 8, 32), help="engine batch sizes: min,opt,max profile (default 1,8,32)"
     )
     parser.add_argument(
         "--check",
@@ -80,16 +84,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _batch_sizes(text: str) -> tuple[int, ...]:
-    try:
-        sizes = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise CliError(f"--batch must be comma-separated positive integers such as 1,8,32, got '{text}'") from None
-    if not sizes or min(sizes) < 1:
-        raise CliError(f"--batch must be comma-separated positive integers such as 1,8,32, got '{text}'")
-    return sizes
-
-
 def _check_file(path: str, as_json: bool, *, verbose: bool = False, strict: bool = False) -> int:
     from qdq_toolkit.export.checks import load_onnx_model
     from qdq_toolkit.export.fusion import check_report
@@ -104,42 +98,23 @@ def _check_file(path: str, as_json: bool, *, verbose: bool = False, strict: bool
 
 
 def _load_keras(path: Path):
-    if not path.exists():
-        raise CliError(f"Keras model '{path}' does not exist")
-    if path.is_dir():
-        hint = (
-            "it looks like a SavedModel: pass it with --saved-model"
-            if (path / "saved_model.pb").exists()
-            else "give the .keras file written by model.save('model.keras')"
-        )
-        raise CliError(f"'{path}' is a directory, not a .keras file; {hint}")
-    if path.suffix != ".keras" or not zipfile.is_zipfile(path):
-        raise CliError(f"'{path}' is not a .keras file (a zip archive); save the model with model.save('model.keras')")
-    import keras
-
-    import qdq_toolkit.wrappers  # noqa: F401 - registers the QDQ wrappers for deserialization
+    from qdq_toolkit.quantize import ModelFileError, load_keras_file
 
     try:
-        return keras.models.load_model(path, compile=False)
-    except Exception as exc:  # noqa: BLE001 - Keras raises many types for a corrupt file
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CliError(f"cannot load Keras model '{path}': {first_line}") from None
+        return load_keras_file(path)
+    except (FileNotFoundError, ModelFileError) as exc:
+        raise CliError(str(exc)) from None
 
 
 def _export(args, say) -> int:
-    from qdq_toolkit.export.onnx import (
-        ExportError,
-        UnobservedRangeWarning,
-        check_output_path,
-        keras_to_onnx,
-        saved_model_to_onnx,
-    )
+    from qdq_toolkit.export.onnx import ExportError, keras_to_onnx, saved_model_to_onnx
+    from qdq_toolkit.export.ranges import UnobservedRangeWarning
 
     if not args.output:
         raise CliError("--output is required with --saved-model/--keras-model (the ONNX file to write)")
     if args.check:
         raise CliError("--check takes no file when exporting: it checks the exported --output")
-    sizes = _batch_sizes(args.batch) if args.engine else ()
+    sizes = args.batch_sizes if args.engine else ()
     try:  # refuse before doing any work
         output = check_output_path(args.output, args.force)
         if args.engine:
@@ -147,7 +122,7 @@ def _export(args, say) -> int:
             if engine.resolve() == output.resolve():
                 raise CliError("--engine and --output must be different files")
             check_output_path(engine, args.force)
-    except (FileExistsError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+    except OSError as exc:  # exists without --force, a directory, not writable
         raise CliError(str(exc)) from None
 
     try:

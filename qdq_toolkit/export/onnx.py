@@ -17,8 +17,6 @@ Files are written atomically (temporary file + rename) and never overwrite an ex
 from __future__ import annotations
 
 import os
-import re
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +42,9 @@ from qdq_toolkit.export.passes import (  # noqa: F401 - public names of this mod
     sink_qdq_below_shape_ops,
     topological_sort,
 )
+from qdq_toolkit.export.ranges import UnobservedRangeWarning, unobserved_ranges  # noqa: F401 - re-exported
+from qdq_toolkit.export.ranges import unobserved_in_saved_model as _unobserved_in_saved_model
+from qdq_toolkit.export.ranges import warn_unobserved as _warn_unobserved
 from qdq_toolkit.export.saved_model import export_saved_model  # noqa: F401 - public name of this module
 from qdq_toolkit.tensorrt_rules import SHAPE_ONLY_OPS  # noqa: F401 - public name of this module before the split
 
@@ -63,49 +64,6 @@ class ExportResult:
     num_quantize_linear: int = 0
     num_dequantize_linear: int = 0
     unobserved_ranges: list[str] = field(default_factory=list)
-
-
-class UnobservedRangeWarning(UserWarning):
-    """A quantized activation is exported with a range that no data ever set (the initial amax 1.0)."""
-
-
-def unobserved_ranges(model) -> list[str]:
-    """``"layer/slot"`` for every activation range of ``model`` that neither calibration nor training set."""
-    from qdq_toolkit.cases import iter_layers
-    from qdq_toolkit.wrappers import QDQWrapper
-
-    return [
-        f"{ref.path}/{slot}"
-        for ref in iter_layers(model)
-        if isinstance(ref.layer, QDQWrapper)
-        for slot in ref.layer.unobserved_ranges()
-    ]
-
-
-_RANGE_STEPS = re.compile(r"^(?P<layer>.+)/(?P<slot>input(?:_\d+)?)_steps(?::\d+)?$")
-
-
-def _unobserved_in_saved_model(loaded) -> list[str]:
-    """:func:`unobserved_ranges` read from a loaded SavedModel: the wrappers' ``<slot>_steps`` variables at 0."""
-    names = []
-    for variable in getattr(loaded, "variables", ()):
-        match = _RANGE_STEPS.match(variable.name)
-        if match and variable.shape.rank == 0 and float(variable.numpy()) == 0.0:
-            names.append(f"{match['layer']}/{match['slot']}")
-    return sorted(set(names))
-
-
-def _warn_unobserved(names: list[str]) -> None:
-    if not names:
-        return
-    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-    warnings.warn(
-        f"{len(names)} activation range(s) were never observed and export with the initial amax 1.0 "
-        f"(scale 1/127): {shown}. Calibrate (qdq_toolkit.calibrate) or fine-tune the quantized model before "
-        "exporting it for TensorRT.",
-        UnobservedRangeWarning,
-        stacklevel=3,
-    )
 
 
 # --------------------------------------------------------------------------------------------- TensorFlow side

@@ -7,6 +7,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from qdq_toolkit._files import make_parent_dirs
 from qdq_toolkit.export._common import Progress
 from qdq_toolkit.export._common import say as _say
 
@@ -15,7 +16,7 @@ def export_saved_model(model, directory: str | os.PathLike, *, force: bool = Fal
     """``model.export(directory)`` (a TensorFlow SavedModel with a ``serving_default`` signature), atomically.
 
     The SavedModel is written to a temporary directory beside ``directory`` and renamed into place. An existing
-    ``directory`` is replaced only with ``force=True``.
+    ``directory`` is replaced only with ``force=True``; missing parent folders are created.
     """
     import keras
 
@@ -24,8 +25,7 @@ def export_saved_model(model, directory: str | os.PathLike, *, force: bool = Fal
     directory = Path(directory)
     if directory.exists() and not force:
         raise FileExistsError(f"'{directory}' already exists; pass force=True (--force) to replace it.")
-    if not directory.parent.exists():
-        raise FileNotFoundError(f"The parent directory of '{directory}' does not exist; create it first.")
+    make_parent_dirs(directory)
     temp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         _say(progress, f"writing SavedModel {directory}")
