@@ -35,7 +35,8 @@ def _flatten(values) -> list:
 
 
 class LayerTaps:
-    """Inputs (and outputs) of every call of the layers named by ``paths`` (paths as :func:`iter_layers` gives).
+    """Inputs (and outputs) of every call of the layers named by ``paths`` (paths as :func:`iter_layers` gives;
+    a nested model's own name taps its output as one layer).
 
     ``run(x)`` returns ``(model_outputs, {path: [(inputs, output), ...]})``, one entry per call of the layer.
     """
@@ -66,14 +67,15 @@ class LayerTaps:
                     child = LayerTaps(layer, inner, outputs=outputs, prefix=path + "/")
                     for node in nodes:
                         self._children.append((child, tuple(index_of(t) for t in _flatten(node.input_tensors))))
-                continue
+                # a nested model named itself is tapped as one layer, below
             if path not in wanted:
                 continue
             for node in nodes:
                 inputs = tuple(index_of(t) for t in _flatten(node.input_tensors))
                 output = index_of(_flatten(node.output_tensors)[0]) if outputs else None
                 self.taps.append(Tap(path, layer, inputs, output))
-        self._probe = keras.Model(graph.inputs, tensors, name=f"{model.name}_taps")
+        inputs = graph.inputs[0] if len(graph.inputs) == 1 else graph.inputs
+        self._probe = keras.Model(inputs, tensors, name=f"{model.name}_taps")
 
     def paths(self) -> list[str]:
         found = [tap.path for tap in self.taps]

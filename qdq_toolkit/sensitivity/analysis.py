@@ -13,8 +13,11 @@ Cost (measured in ``bench/sensitivity.py``):
   ``calibration_batches`` limits it to the first batches;
 * one SQNR pass: one FP32 forward pass that also returns every quantized layer's FP32 inputs and output (taps on
   the model's own graph), and next to each layer, in the same compiled graph, the layer recomputed with its
-  quantized inputs and with its quantized weights (quantized once, not per batch): about 2 more layer evaluations
-  per layer, i.e. about 2 more FP32 passes in all, whatever the number of layers;
+  quantized inputs and with its quantized weights (quantized once, not per batch): 2 more layer evaluations per
+  layer, i.e. about 2 more FP32 passes in all, whatever the number of layers. The error with both on is the sum
+  of the two errors, ``y(q(x), q(W)) - y = W dx + dW x + dW dx`` without the second-order ``dW dx`` term, for
+  layers linear in input and kernel (Conv/Dense without a fused activation); a layer with a fused activation is
+  recomputed a third time with both quantized;
 * the model-level figures (SQNR of the model's output and accuracy with only that layer quantized) need one full
   evaluation of the model per layer. They are computed for the ``output_metrics`` most sensitive layers of the
   ranking (default 5; ``"all"`` for every layer), in one extra pass over the data that runs the FP32 model once and
@@ -328,6 +331,14 @@ def _weight_quantized_copy(layer, wrapper):
     return copy
 
 
+def _is_bilinear(layer) -> bool:
+    """Whether the layer's output is linear in its input and in its kernels apart from a bias (no activation)."""
+    import keras
+
+    activation = getattr(layer, "activation", None)
+    return activation is None or activation is keras.activations.linear
+
+
 def _quantized_inputs(wrapper, inputs):
     if wrapper.multi_input:
         values = list(inputs)
@@ -352,33 +363,40 @@ def _sqnr_step(copy: QuantizedCopy, taps, paths: Sequence[str]):
             weight_copies[path] = _weight_quantized_copy(copy.fp32_layers[path], wrapper)
     copy.reset()
 
-    def power(a, b=None):
-        d = a if b is None else a - b
-        return tf.reduce_sum(tf.square(tf.cast(d, tf.float64)))
+    bilinear = {path: _is_bilinear(copy.fp32_layers[path]) for path in paths}
+
+    def power(value):
+        return tf.cast(tf.reduce_sum(tf.square(value)), tf.float64)
 
     @tf.function(reduce_retracing=True)
     def step(x):
         outputs, captured = taps.run(x)
+        zero = tf.constant(0.0, tf.float64)
         rows = []
         for path in paths:
             wrapper, layer = copy.wrappers[path], copy.fp32_layers[path]
-            sums = [tf.constant(0.0, tf.float64)] * 4
+            sums = [zero] * 4
             for inputs, output in captured.get(path, []):
-                plain = _layer_input(inputs, wrapper)
-                signal = power(output)
-                noise_in = noise_w = noise_both = None
+                error_in = error_w = None
                 if wrapper.quantize_inputs:
                     quantized_in = _quantized_inputs(wrapper, inputs)
-                    noise_in = power(layer(quantized_in, training=False), output)
+                    error_in = layer(quantized_in, training=False) - output
                 if path in weight_copies:
-                    noise_w = power(weight_copies[path](plain, training=False), output)
-                if noise_in is not None and noise_w is not None:
-                    noise_both = power(weight_copies[path](quantized_in, training=False), output)
+                    error_w = weight_copies[path](_layer_input(inputs, wrapper), training=False) - output
+                if error_in is not None and error_w is not None:
+                    if bilinear[path]:  # y(q(x), q(W)) - y = W dx + dW x + dW dx: the last term is second order
+                        error_both = error_in + error_w
+                    else:
+                        error_both = weight_copies[path](quantized_in, training=False) - output
                 else:
-                    noise_both = noise_in if noise_in is not None else noise_w
-                zero = tf.constant(0.0, tf.float64)
-                values = [signal, noise_in if noise_in is not None else zero, noise_w if noise_w is not None else zero, noise_both]
-                sums = [a + b for a, b in zip(sums, values, strict=True)]
+                    error_both = error_in if error_in is not None else error_w
+                values = [
+                    power(output),
+                    zero if error_in is None else power(error_in),
+                    zero if error_w is None else power(error_w),
+                    power(error_both),
+                ]
+                sums = [total + value for total, value in zip(sums, values, strict=True)]
             rows.append(tf.stack(sums))
         return outputs, tf.stack(rows)
 
