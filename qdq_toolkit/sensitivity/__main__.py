@@ -67,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
         "--max-accuracy-drop", type=float, metavar="PP",
         help="find layers to leave in float so top-1 stays within PP percentage points of FP32 (e.g. 0.5)",
     )
+    parser.add_argument("--max-excluded", type=int, metavar="N", help="leave at most N layers in float")
     parser.add_argument("--calibration-method", default="max", choices=("max", "percentile", "entropy", "mse"))
     parser.add_argument("--output-metrics", default="5", metavar="N|all",
                         help="model-output SQNR and accuracy for the N most sensitive layers (default 5; 'all')")
@@ -147,6 +148,8 @@ def _run(args, say) -> int:
     drop = args.max_accuracy_drop
     if drop is None and args.spec_out:
         drop = 1.0
+    if args.max_excluded is not None and args.max_excluded < 0:
+        raise CliError(f"--max-excluded must be at least 0, got {args.max_excluded}")
     if drop is not None and not 0.0 <= drop <= 100.0:
         raise CliError(f"--max-accuracy-drop is in percentage points, between 0 and 100; got {drop}")
     _check_outputs(args)
@@ -174,7 +177,7 @@ def _run(args, say) -> int:
                 warnings.simplefilter("ignore", AccuracyBudgetWarning)  # reported below as one line
                 exclusion = auto_exclude(
                     model, data, max_accuracy_drop=drop / 100.0, calibration_method=args.calibration_method,
-                    batch_size=args.batch_size, progress=progress,
+                    max_excluded=args.max_excluded, batch_size=args.batch_size, progress=progress,
                 )
             report = exclusion.report
     except (ValueError, TypeError) as exc:

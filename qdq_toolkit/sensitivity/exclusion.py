@@ -220,7 +220,8 @@ def auto_exclude(
         calibration_batches=calibration_batches, batches=batches, progress=progress,
     )
     timings["quantize_and_calibrate"] = time.perf_counter() - start
-    rows, fp32_accuracy, num_samples, num_batches, timings["sqnr_pass"] = sqnr_pass(copy, batches, progress=progress)
+    rows, fp32_accuracy, num_samples, num_batches, sqnr_timings = sqnr_pass(copy, batches, progress=progress)
+    timings.update(sqnr_timings)
     if fp32_accuracy is None:
         raise ValueError("auto_exclude needs a label for every sample; some batches have none.")
     rows.sort(key=lambda row: (row.sqnr_db, row.layer))
