@@ -253,7 +253,7 @@ def broken_file(broken, tmp_path_factory):
     return path
 
 
-def test_cli_end_to_end(broken_file, tmp_path):
+def test_cli_end_to_end(broken_file, tmp_path, capsys):
     spec, report, plot = tmp_path / "spec.json", tmp_path / "s.json", tmp_path / "s.png"
     command = [sys.executable, "-m", "qdq_toolkit.sensitivity", "--keras-model", str(broken_file), "--dataset",
                "digits", "--max-accuracy-drop", "1", "--spec-out", str(spec), "--json", str(report), "--plot", str(plot)]
@@ -265,8 +265,9 @@ def test_cli_end_to_end(broken_file, tmp_path):
     assert payload["sensitivity"]["layers"][0]["layer"] == OUTLIER_LAYER
     assert payload["exclusion"]["excluded"] == [OUTLIER_LAYER]
     assert plot.read_bytes()[:4] == b"\x89PNG"
-    again = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert again.returncode == EXIT_ERROR and "already exists" in again.stderr and "--force" in again.stderr
+    assert main([*command[3:], "-q"]) == EXIT_ERROR  # the outputs exist: refused before any work
+    err = capsys.readouterr().err
+    assert "already exists" in err and "--force" in err
 
 
 def test_cli_errors_are_one_line(broken_file, tmp_path, capsys):
