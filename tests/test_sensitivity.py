@@ -10,7 +10,6 @@ import json
 import math
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import keras
@@ -19,7 +18,14 @@ import onnx
 import pytest
 
 from examples.sensitivity_digits import inject_outlier_channel, train
-from qdq_toolkit import QuantizationSpec, analyze_sensitivity, auto_exclude, calibrate, compare_layers, quantize_model
+from qdq_toolkit import (
+    QuantizationSpec,
+    analyze_sensitivity,
+    auto_exclude,
+    calibrate,
+    compare_layers,
+    quantize_model,
+)
 from qdq_toolkit.data import load_digits
 from qdq_toolkit.export import keras_to_onnx, summarize_qdq
 from qdq_toolkit.quantize import quantized_layers
