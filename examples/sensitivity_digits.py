@@ -24,7 +24,6 @@ import numpy as np  # noqa: E402
 
 from qdq_toolkit.data import DigitsData, load_digits  # noqa: E402
 
-
 #: (filters, stride) of each residual block: the default two blocks give 6 convolutions and a Dense (7 compute ops);
 #: ``BENCH_BLOCKS`` gives 10 convolutions and a Dense (11), so one layer left in float still leaves 91 % INT8.
 DEFAULT_BLOCKS = ((16, 1), (32, 2))

@@ -19,6 +19,7 @@ import pytest
 
 from examples.sensitivity_digits import inject_outlier_channel, train
 from qdq_toolkit import (
+    AccuracyBudgetWarning,
     QuantizationSpec,
     analyze_sensitivity,
     auto_exclude,
@@ -29,7 +30,6 @@ from qdq_toolkit import (
 from qdq_toolkit.data import load_digits
 from qdq_toolkit.export import keras_to_onnx, summarize_qdq
 from qdq_toolkit.quantize import quantized_layers
-from qdq_toolkit.sensitivity import AccuracyBudgetWarning
 from qdq_toolkit.sensitivity.__main__ import EXIT_BUDGET_NOT_MET, EXIT_ERROR, EXIT_OK, main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -301,3 +301,16 @@ def test_cli_budget_not_met_exits_3_and_still_writes_the_best_spec(fp32, test_da
     assert code == EXIT_BUDGET_NOT_MET
     assert "warning: no set of layers" in capfd.readouterr().err
     assert len(QuantizationSpec.load(spec)) == 1
+
+
+def test_layers_of_a_nested_model_are_analyzed_by_path(test_data):
+    keras.utils.set_random_seed(1)
+    inner = keras.Sequential([keras.Input((8, 8, 4)), keras.layers.Conv2D(4, 3, padding="same", name="conv")], name="inner")
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(4, 3, padding="same", name="conv")(inputs)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(inner(x))
+    model = keras.Model(inputs, keras.layers.Dense(10, name="dense")(x))
+    report = analyze_sensitivity(model, (test_data[0][:64],), output_metrics="all", progress=False)
+    assert set(report.ranking) == {"conv", "inner/conv", "gap", "dense"}
+    nested = report.layer("inner/conv")
+    assert 20.0 < nested.sqnr_db < 70.0 and nested.output_sqnr_db is not None

@@ -463,26 +463,34 @@ def analyze_sensitivity(
     if output_metrics != "all" and (isinstance(output_metrics, bool) or not isinstance(output_metrics, int) or output_metrics < 0):
         raise ValueError(f"output_metrics must be a number of layers >= 0 or 'all', got {output_metrics!r}.")
     batches = as_batches(data, batch_size)
-    timings: dict[str, float] = {}
+    copy, report = rank_layers(
+        model, batches, quantization_mode=quantization_mode, quantization_spec=quantization_spec,
+        custom_qdq_cases=custom_qdq_cases, custom_wrappers=custom_wrappers, calibration_method=calibration_method,
+        calibration_batches=calibration_batches, progress=progress,
+    )
+    rows = list(report.layers)
+    count = len(rows) if output_metrics == "all" else min(output_metrics, len(rows))
+    if not count:
+        return report
+    start = time.perf_counter()
+    rows, ptq_accuracy = _output_metrics(copy, batches, rows, count, progress=progress)
+    timings = {**report.timings, "output_metrics": time.perf_counter() - start}
+    return replace(report, layers=tuple(rows), ptq_accuracy=ptq_accuracy, timings=timings)
+
+
+def rank_layers(model, batches, *, calibration_method: str, calibration_batches, progress: bool, **quantization):
+    """Quantize and calibrate a copy of ``model``, run the SQNR pass; returns the copy and the ranked report
+    (without model-level figures). ``quantization``: quantize_model's mode, spec, cases and wrappers."""
     start = time.perf_counter()
     copy = QuantizedCopy(
-        model, quantization_mode=quantization_mode, quantization_spec=quantization_spec,
-        custom_qdq_cases=custom_qdq_cases, custom_wrappers=custom_wrappers, calibration_method=calibration_method,
-        calibration_batches=calibration_batches, batches=batches, progress=progress,
+        model, **quantization, calibration_method=calibration_method, calibration_batches=calibration_batches,
+        batches=batches, progress=progress,
     )
-    timings["quantize_and_calibrate"] = time.perf_counter() - start
+    timings = {"quantize_and_calibrate": time.perf_counter() - start}
     rows, fp32_accuracy, num_samples, num_batches, sqnr_timings = sqnr_pass(copy, batches, progress=progress)
     timings.update(sqnr_timings)
     rows.sort(key=lambda row: (row.sqnr_db, row.layer))
-    ptq_accuracy = None
-    count = len(rows) if output_metrics == "all" else min(output_metrics, len(rows))
-    if count:
-        start = time.perf_counter()
-        rows, ptq_accuracy = _output_metrics(copy, batches, rows, count, progress=progress)
-        timings["output_metrics"] = time.perf_counter() - start
-    return SensitivityReport(
-        tuple(rows), fp32_accuracy, ptq_accuracy, num_samples, num_batches, calibration_method, timings
-    )
+    return copy, SensitivityReport(tuple(rows), fp32_accuracy, None, num_samples, num_batches, calibration_method, timings)
 
 
 def sqnr_pass(copy: QuantizedCopy, batches, *, progress: bool = True):

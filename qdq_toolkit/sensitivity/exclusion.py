@@ -19,14 +19,13 @@ exactly the ranges a fresh calibration would give.
 from __future__ import annotations
 
 import json
-import time
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
 from qdq_toolkit.sensitivity._data import as_batches, count_correct
-from qdq_toolkit.sensitivity.analysis import QuantizedCopy, SensitivityReport, _bar, _num_batches, sqnr_pass
+from qdq_toolkit.sensitivity.analysis import QuantizedCopy, SensitivityReport, _bar, _num_batches, rank_layers
 
 DEFAULT_MAX_EVALUATIONS = 10
 
@@ -212,20 +211,14 @@ def auto_exclude(
             "auto_exclude measures accuracy, so it needs labels: pass (x, y) arrays or batches of (x, y). "
             "For the SQNR ranking alone (no labels), use analyze_sensitivity."
         )
-    timings = {}
-    start = time.perf_counter()
-    copy = QuantizedCopy(
-        model, quantization_mode=quantization_mode, quantization_spec=quantization_spec,
+    copy, report = rank_layers(
+        model, batches, quantization_mode=quantization_mode, quantization_spec=quantization_spec,
         custom_qdq_cases=custom_qdq_cases, custom_wrappers=custom_wrappers, calibration_method=calibration_method,
-        calibration_batches=calibration_batches, batches=batches, progress=progress,
+        calibration_batches=calibration_batches, progress=progress,
     )
-    timings["quantize_and_calibrate"] = time.perf_counter() - start
-    rows, fp32_accuracy, num_samples, num_batches, sqnr_timings = sqnr_pass(copy, batches, progress=progress)
-    timings.update(sqnr_timings)
+    fp32_accuracy = report.fp32_accuracy
     if fp32_accuracy is None:
         raise ValueError("auto_exclude needs a label for every sample; some batches have none.")
-    rows.sort(key=lambda row: (row.sqnr_db, row.layer))
-    report = SensitivityReport(tuple(rows), fp32_accuracy, None, num_samples, num_batches, calibration_method, timings)
     ranking = report.ranking
     target = fp32_accuracy - max_accuracy_drop
     limit = len(ranking) if max_excluded is None else min(max_excluded, len(ranking))
