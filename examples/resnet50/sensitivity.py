@@ -3,6 +3,7 @@ under int8, with ``ResNetV1QDQCase`` placement as the workflow quantizes it.
 
     python -m examples.resnet50.sensitivity                      # trains the demo's FP32 ResNet50 (as make demo)
     python -m examples.resnet50.sensitivity --fp32 runs/resnet50-cpu/fp32.keras   # or reuses the workflow's
+    python -m examples.resnet50.sensitivity --arch small_cnn     # the workflow's quick CNN (seconds, not minutes)
 
 Writes ``sensitivity.png`` and ``sensitivity.md`` (and ``sensitivity.json``) to ``--output-dir`` (default
 ``examples/resnet50/``; existing files only with ``--force``).
@@ -23,6 +24,8 @@ HERE = Path(__file__).resolve().parent
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m examples.resnet50.sensitivity", description=__doc__.splitlines()[0])
     parser.add_argument("--fp32", type=Path, help="the workflow's fp32.keras (default: train it as the workflow does)")
+    parser.add_argument("--arch", choices=("resnet50", "small_cnn"), default="resnet50",
+                        help="the workflow's CPU-mode model to train when --fp32 is not given (default resnet50)")
     parser.add_argument("--output-dir", type=Path, default=HERE)
     parser.add_argument("--output-metrics", type=int, default=5, help="model-level figures for the N most sensitive layers")
     parser.add_argument("--force", action="store_true")
@@ -36,15 +39,16 @@ def main(argv: list[str] | None = None) -> int:
     from qdq_toolkit._files import check_output_path
     from qdq_toolkit.data import load_digits
 
-    outputs = {suffix: args.output_dir / f"sensitivity.{suffix}" for suffix in ("png", "md", "json")}
+    stem = "sensitivity" if args.arch == "resnet50" or args.fp32 else f"sensitivity_{args.arch}"
+    outputs = {suffix: args.output_dir / f"{stem}.{suffix}" for suffix in ("png", "md", "json")}
     for path in outputs.values():
         check_output_path(path, args.force)
-    config = workflow.cpu_config(force=True)
+    config = workflow.cpu_config(force=True, arch=args.arch)
     workflow.make_reproducible(config)
     if args.fp32 is not None:
         model = keras.models.load_model(args.fp32)
     else:
-        print("training the demo's FP32 ResNet50 on the digits (as `make demo` does)", file=sys.stderr)
+        print(f"training the demo's FP32 {args.arch} on the digits (as the workflow does)", file=sys.stderr)
         model = workflow.baseline_model(config, workflow.load_data(config), say=lambda m: print(m, file=sys.stderr))
     digits = load_digits(image_size=config.image_size, channels=config.channels, seed=config.seed, test_fraction=0.25)
     report = analyze_sensitivity(

@@ -213,7 +213,7 @@ class SensitivityReport:
         def clip(value):
             return None if value is None else (top if value == math.inf else max(value, 0.0))
 
-        figure = Figure(figsize=(8, 0.28 * len(rows) + 1.4))
+        figure = Figure(figsize=(8, 0.28 * len(rows) + 1.7))
         axes = figure.subplots()
         positions = np.arange(len(rows))[::-1]
         axes.barh(positions, [clip(row.sqnr_db) for row in rows], color="#4c72b0", label="input + weight QDQ")
@@ -224,8 +224,8 @@ class SensitivityReport:
         axes.set_yticks(positions, [row.layer for row in rows], fontsize=7)
         axes.set_xlabel("SQNR of the layer's output (dB, higher is better)")
         shown = f" (the {len(rows)} most sensitive of {len(self.layers)})" if len(rows) < len(self.layers) else ""
-        axes.set_title(f"Per-layer quantization sensitivity{shown}", fontsize=9)
-        axes.legend(fontsize=7, loc="lower right")
+        figure.suptitle(f"Per-layer quantization sensitivity{shown}", fontsize=9)
+        axes.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
         axes.grid(axis="x", alpha=0.3)
         figure.tight_layout()
         buffer = io.BytesIO()
