@@ -106,7 +106,7 @@ def _fmt_db(value: float | None) -> str:
         return "-"
     if math.isinf(value):
         return "exact" if value > 0 else "-inf"
-    return f"{value:.1f}"
+    return f"{value:.1f}" if abs(value) >= 0.05 else "0.0"
 
 
 def _fmt_pct(value: float | None) -> str:
@@ -282,7 +282,7 @@ class QuantizedCopy:
         if not self.plans:
             raise ValueError(
                 f"Nothing to analyze: no layer of model '{model.name}' would be quantized (quantization_mode="
-                f"{quantization_mode!r}, {len(quantization_spec or ())} spec entries). Supported classes: "
+                f"{quantization_mode!r}). Supported classes: "
                 f"{', '.join(registry.supported_classes())}; with quantization_mode='partial', add the layers to the "
                 "quantization_spec."
             )

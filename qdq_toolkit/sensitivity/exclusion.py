@@ -19,6 +19,7 @@ exactly the ranges a fresh calibration would give.
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from dataclasses import dataclass
 
@@ -150,6 +151,8 @@ def _accuracy(copy: QuantizedCopy, batches, excluded, *, progress: bool, desc: s
 def _exclusion_spec(quantization_spec, excluded):
     from qdq_toolkit.spec import QuantizationSpec
 
+    if isinstance(quantization_spec, (str, os.PathLike)):
+        quantization_spec = QuantizationSpec.load(quantization_spec)
     spec = quantization_spec.copy() if quantization_spec is not None else QuantizationSpec()
     for path in excluded:
         spec.add(path, quantize_input=False, quantize_weight=False)
