@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.run import machine
     from qdq_toolkit._files import write_atomically
 
-    samples, rounds, epochs = (64, 2, 15) if args.quick else (256, 5, 40)
+    samples, rounds, epochs = (64, 2, 15) if args.quick else (192, 9, 40)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         print("ResNet50 SQNR cost ...", file=sys.stderr, flush=True)
