@@ -259,6 +259,7 @@ def broken_file(broken, tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_cli_end_to_end(broken_file, tmp_path, capsys):
     spec, report, plot = tmp_path / "spec.json", tmp_path / "s.json", tmp_path / "s.png"
     command = [sys.executable, "-m", "qdq_toolkit.sensitivity", "--keras-model", str(broken_file), "--dataset",
