@@ -320,3 +320,16 @@ def test_layers_of_a_nested_model_are_analyzed_by_path(test_data):
     assert set(report.ranking) == {"conv", "inner/conv", "gap", "dense"}
     nested = report.layer("inner/conv")
     assert 20.0 < nested.sqnr_db < 70.0 and nested.output_sqnr_db is not None
+
+
+def test_the_resnet_workflow_loads_a_spec_file(tmp_path):
+    from examples.digits_qat import small_cnn
+    from examples.resnet50 import workflow
+
+    spec = QuantizationSpec().add("conv1", quantize_input=False, quantize_weight=False).save(tmp_path / "spec.json")
+    config = workflow.cpu_config(tmp_path / "run", arch="small_cnn")
+    config.spec, config.calibration_batches = spec, 2
+    model = small_cnn((8, 8, 1))
+    quantized, _ = workflow.ptq_model(model, workflow.load_data(config), config)
+    wrapped = {w.layer.name for w in quantized_layers(quantized)}
+    assert "conv1" not in wrapped and {"conv0", "conv2"} <= wrapped
