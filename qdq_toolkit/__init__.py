@@ -41,6 +41,14 @@ _EXPORTS = {
     "BUILTIN_WRAPPERS": "qdq_toolkit.wrappers",
     "QDQWrapper": "qdq_toolkit.wrappers",
     "WrapperRegistry": "qdq_toolkit.wrappers",
+    "AccuracyBudgetWarning": "qdq_toolkit.sensitivity.exclusion",
+    "ExclusionResult": "qdq_toolkit.sensitivity.exclusion",
+    "LayerSensitivity": "qdq_toolkit.sensitivity.analysis",
+    "ParityReport": "qdq_toolkit.sensitivity.parity",
+    "SensitivityReport": "qdq_toolkit.sensitivity.analysis",
+    "analyze_sensitivity": "qdq_toolkit.sensitivity.analysis",
+    "auto_exclude": "qdq_toolkit.sensitivity.exclusion",
+    "compare_layers": "qdq_toolkit.sensitivity.parity",
 }
 
 __all__ = sorted(_EXPORTS)

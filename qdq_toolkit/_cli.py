@@ -32,6 +32,7 @@ from qdq_toolkit._progress import ProgressCallback, progress_bar, progress_print
 from qdq_toolkit._validation import check_count
 
 __all__ = [
+    "EXIT_BUDGET_NOT_MET",
     "EXIT_ERROR",
     "EXIT_INTERRUPTED",
     "EXIT_NOTHING_EVALUATED",
@@ -63,6 +64,8 @@ EXIT_VIOLATIONS = 3
 """export: ``--check`` found TensorRT QDQ placement violations."""
 EXIT_NOTHING_EVALUATED = 3
 """evaluate: no model could be evaluated here (every model was a skipped TensorRT engine)."""
+EXIT_BUDGET_NOT_MET = 3
+"""sensitivity: no set of layers tried meets ``--max-accuracy-drop`` (the best set found is still written)."""
 EXIT_NO_TENSORRT = 4
 """export: ``--engine`` asked for, but TensorRT or a GPU is missing."""
 EXIT_INTERRUPTED = 130

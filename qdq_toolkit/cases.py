@@ -40,7 +40,7 @@ def _is_model(layer) -> bool:
     return isinstance(layer, keras.Model)
 
 
-def _graph_of(model: keras.Model):
+def graph_of(model: keras.Model):
     """The Functional graph behind a Functional or Sequential model (error for anything else)."""
     from keras.src.models.functional import Functional
 
@@ -75,7 +75,7 @@ def iter_layers(model: keras.Model) -> list[LayerRef]:
     seen: set[int] = set()
 
     def walk(current: keras.Model, prefix: str) -> None:
-        graph = _graph_of(current)
+        graph = graph_of(current)
         graph_nodes = {node for depth_nodes in graph._nodes_by_depth.values() for node in depth_nodes}
         for layer in current.layers:
             if isinstance(layer, keras.layers.InputLayer) or id(layer) in seen:

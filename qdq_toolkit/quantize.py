@@ -7,6 +7,7 @@ Sequential models included), the clone gets copies of the weights, and the spec 
 from __future__ import annotations
 
 import difflib
+import os
 import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -93,6 +94,8 @@ def plan_quantization(
             f"Unknown quantization_mode {quantization_mode!r}. Use 'full' (every supported layer, spec entries "
             "override) or 'partial' (only the layers in the spec and the cases)."
         )
+    if isinstance(quantization_spec, (str, os.PathLike)):  # a spec file written by QuantizationSpec.save
+        quantization_spec = QuantizationSpec.load(quantization_spec)
     user_spec = quantization_spec if quantization_spec is not None else QuantizationSpec()
     if not isinstance(user_spec, QuantizationSpec):
         raise TypeError(
@@ -202,7 +205,8 @@ def quantize_model(
         quantization_mode: ``"full"`` quantizes every layer whose wrapper is on by default (convolutions, dense,
             average pooling), with the spec's entries overriding; ``"partial"`` quantizes only what the spec and the
             cases select.
-        quantization_spec: a :class:`QuantizationSpec`; read, never modified.
+        quantization_spec: a :class:`QuantizationSpec` (or the path of a spec file from ``QuantizationSpec.save``);
+            read, never modified.
         custom_qdq_cases: :class:`CustomQDQInsertionCase` instances (e.g. ``[ResNetV1QDQCase()]``); the user's
             spec wins over them.
         activation_range: how activation ranges follow the data in training; ``"ema"`` (default), ``"max"``,

@@ -15,8 +15,14 @@ custom case.
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+
+#: The ``format`` field of a spec file written by :meth:`QuantizationSpec.save`.
+SPEC_FILE_FORMAT = "qdq_toolkit.QuantizationSpec"
+SPEC_FILE_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -169,6 +175,82 @@ class QuantizationSpec:
 
     def __eq__(self, other) -> bool:
         return isinstance(other, QuantizationSpec) and self.entries == other.entries
+
+    # ------------------------------------------------------------------------------------------ spec files
+    def to_dict(self) -> dict:
+        """JSON-ready form; the entry keys are ``add``'s argument names (NVIDIA's), so a file reads like the calls."""
+        return {
+            "format": SPEC_FILE_FORMAT,
+            "version": SPEC_FILE_VERSION,
+            "entries": [
+                {
+                    "name": entry.name,
+                    "is_keras_class": entry.is_keras_class,
+                    "quantize_input": entry.quantize_input,
+                    "quantize_weight": entry.quantize_weight,
+                    "quantization_index": None if entry.quantization_index is None else list(entry.quantization_index),
+                }
+                for entry in self.entries
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> QuantizationSpec:
+        """The spec :meth:`to_dict` describes; every entry is checked as ``add`` checks it.
+
+        Raises:
+            ValueError / TypeError: not a spec of this format or version, or an invalid entry (the message names it).
+        """
+        if not isinstance(data, dict) or data.get("format") != SPEC_FILE_FORMAT:
+            raise ValueError(
+                f"not a QuantizationSpec: expected a JSON object with \"format\": \"{SPEC_FILE_FORMAT}\" (as written by "
+                "QuantizationSpec.save)."
+            )
+        if data.get("version") != SPEC_FILE_VERSION:
+            raise ValueError(
+                f"QuantizationSpec version {data.get('version')!r} is not supported; this qdq_toolkit reads version "
+                f"{SPEC_FILE_VERSION}."
+            )
+        entries = data.get("entries")
+        if not isinstance(entries, list):
+            raise ValueError("QuantizationSpec: \"entries\" must be a list of entries.")
+        spec = cls()
+        known = {"name", "is_keras_class", "quantize_input", "quantize_weight", "quantization_index"}
+        for position, entry in enumerate(entries):
+            if not isinstance(entry, dict) or "name" not in entry:
+                raise ValueError(f"QuantizationSpec entry {position} must be an object with a \"name\", got {entry!r}.")
+            unknown = sorted(set(entry) - known)
+            if unknown:
+                raise ValueError(
+                    f"QuantizationSpec entry {position} ('{entry['name']}') has unknown key(s) {unknown}; the keys are "
+                    f"{sorted(known)}."
+                )
+            spec.add(**entry)
+        return spec
+
+    def save(self, path: str | os.PathLike, *, force: bool = False):
+        """Write the spec as JSON (atomically; an existing file only with ``force``). Returns the path."""
+        from qdq_toolkit._files import write_atomically
+
+        return write_atomically(path, json.dumps(self.to_dict(), indent=2) + "\n", force=force)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> QuantizationSpec:
+        """Read a spec written by :meth:`save` (e.g. by ``python -m qdq_toolkit.sensitivity --spec-out``).
+
+        Raises:
+            FileNotFoundError: no such file. ValueError: not valid JSON or not a spec (the message says which).
+        """
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} is not a QuantizationSpec file: invalid JSON ({exc}).") from None
+        try:
+            return cls.from_dict(data)
+        except (ValueError, TypeError) as exc:
+            raise type(exc)(f"{path}: {exc}") from None
 
     def __repr__(self) -> str:
         lines = ",\n  ".join(repr(entry) for entry in self.entries)

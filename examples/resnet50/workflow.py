@@ -62,6 +62,7 @@ class Config:
     engine_batch_sizes: tuple[int, ...] = (1, 8, 32)
     force: bool = False
     seed: int = 0
+    spec: Path | None = None  # a QuantizationSpec file, e.g. from `python -m qdq_toolkit.sensitivity --spec-out`
     notes: list[str] = field(default_factory=list)
 
 
@@ -245,7 +246,7 @@ def ptq_model(fp32, data: Data, config: Config):
     from custom_cases import ResNetV1QDQCase
     from qdq_toolkit import calibrate, quantize_model
 
-    quantized = quantize_model(fp32, custom_qdq_cases=[ResNetV1QDQCase()])
+    quantized = quantize_model(fp32, custom_qdq_cases=[ResNetV1QDQCase()], quantization_spec=config.spec)
     report = calibrate(
         quantized,
         data.calibration,
@@ -428,6 +429,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--arch", choices=("resnet50", "small_cnn"), default="resnet50", help="CPU mode: the model (default resnet50)"
     )
+    parser.add_argument("--spec", type=Path, help="a QuantizationSpec file (e.g. python -m qdq_toolkit.sensitivity --spec-out)")
     parser.add_argument("--force", action="store_true", help="replace an existing output directory")
     return parser
 
@@ -444,6 +446,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.data_dir, args.weights, args.output_dir or "runs/resnet50-imagenet",
                 force=args.force, max_eval_samples=args.max_eval_samples,
             )
+        config.spec = args.spec
         from qdq_toolkit._cli import native_stderr_silenced
 
         make_reproducible(config)  # process-wide, so here and not in run()
