@@ -199,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {RAW} exists; pass --force to overwrite it", file=sys.stderr)
         return 1
     from bench.run import machine
+    from bench.sections import write_section
     from qdq_toolkit._files import write_atomically
 
     samples, rounds, epochs = (64, 2, 15) if args.quick else (192, 9, 40)
@@ -212,7 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m bench.sensitivity" + (" --quick" if args.quick else "")
     results["measured"] = when
     write_atomically(RAW, json.dumps(results, indent=2) + "\n", force=args.force)
-    print(render(results, when, machine(), command))
+    text = render(results, when, machine(), command)
+    if not args.quick:  # a smoke run is not for the record
+        write_section("sensitivity", text)
+    print(text)
     return 0
 
 
