@@ -211,6 +211,8 @@ def _convert(concrete_function, opset: int, progress: Progress | None) -> onnx.M
     from tf2onnx import utils as tf2onnx_utils
     from tf2onnx.convert import _convert_common, tensor_names_from_structed
 
+    import qdq_toolkit.export.tf2onnx_ops  # noqa: F401 - registers the Erfc handler (exact GELU) with tf2onnx
+
     # tf2onnx names the nodes it creates from a process-wide counter; start it afresh so that exporting the same
     # model twice (in one process or two) gives byte-identical files.
     tf2onnx_utils.INTERNAL_NAME = 1
