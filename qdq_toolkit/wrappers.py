@@ -613,6 +613,7 @@ class MultiHeadAttentionQDQWrapper(QDQWrapper):
         self._distinct_value = kwargs.pop("distinct_value", None)
         self._distinct_key = kwargs.pop("distinct_key", None)
         super().__init__(layer, quantize_inputs, quantize_weights, activation_range, **kwargs)
+        self.supports_masking = True  # like MultiHeadAttention: the query's padding mask carries on to the output
 
     def __call__(self, query, value=None, key=None, **kwargs):
         if not self.built and self._distinct_value is None:
