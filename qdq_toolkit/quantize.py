@@ -238,7 +238,7 @@ def quantize_model(
 
     quantized = keras.models.clone_model(model, clone_function=clone_layer, recursive=True)
     for original, clone in copies:
-        if original.weights:
+        if getattr(original, "weights", None):  # ops such as x[:, 0] or x + y are operations without weights
             clone.set_weights(original.get_weights())
     return quantized
 

@@ -759,6 +759,111 @@ class EmbeddingQDQWrapper(QDQWrapper):
         return self.layer.compute_mask(inputs, mask)
 
 
+def _qualified_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+@_serializable
+class NestedLayersQDQWrapper(QDQWrapper):
+    """Composite layers that hold supported layers inside them: QDQ on those inner layers, the rest untouched.
+
+    keras-hub builds its backbones from composite layers -- ``TransformerEncoder`` (a MultiHeadAttention, two
+    Dense, two LayerNormalization, residual adds), ``ViTEncoder`` (a list of ``ViTEncoderBlock``), the ViT patch
+    embedding (a Conv2D) -- that are leaves of the Functional graph. The wrapper puts the wrapper of every inner
+    layer whose wrapper is on by default in ``quantization_mode="full"`` (MultiHeadAttention, Dense, EinsumDense,
+    Conv, ...) in place of that layer, so the composite's own ``call`` runs through them; LayerNormalization,
+    Softmax, GELU, dropout and the residual adds stay float, which is the placement TensorRT fuses best (see
+    :class:`MultiHeadAttentionQDQWrapper`; ModelOpt's ONNX placement keeps LayerNorm and GELU partitions float).
+    A spec entry for the composite turns all of its inner layers on or off together.
+
+    Its activation ranges are those of the inner wrappers, named ``"<attribute path>/<slot>"`` (e.g.
+    ``_self_attention_layer/bmm2_probs``). Listed by class name (``layer_class_names``) so that keras-hub is not
+    imported by the toolkit.
+    """
+
+    layer_class_names = (
+        "keras_hub.src.layers.modeling.transformer_encoder.TransformerEncoder",
+        "keras_hub.src.models.vit.vit_layers.ViTEncoder",
+        "keras_hub.src.models.vit.vit_layers.ViTPatchingAndEmbedding",
+    )
+    default_quantize_input = True
+    default_quantize_weight = True
+    multi_input = True  # any input index: the inner layers decide what they quantize
+    # The kernels are those of the inner layers; this entry only tells quantize_model that weights exist.
+    kernel_axes = MappingProxyType({"<inner layers>": -1})
+
+    def build(self, input_shape=None):
+        if not self.layer.built:
+            self.layer.build(input_shape)
+        self._ranges = {}
+        self._inner: dict[str, QDQWrapper] = {}
+        self._wrap_inside(self.layer, "")
+        # Tracked here (not by the composite), so the composite's own weights stay what they were.
+        self.inner_wrappers = list(self._inner.values())
+        self.built = True
+
+    def _wrap_inside(self, layer, prefix: str) -> None:
+        for name, value in list(vars(layer).items()):
+            if name == "_layers":  # Keras' own list of tracked sublayers: the attributes below name the same layers
+                continue
+            if isinstance(value, keras.layers.Layer):
+                replacement = self._wrapped(value, f"{prefix}{name}")
+                if replacement is not None:
+                    object.__setattr__(layer, name, replacement)  # untracked: the composite keeps its weights
+            elif isinstance(value, list) and any(isinstance(item, keras.layers.Layer) for item in value):
+                for index, item in enumerate(value):
+                    if isinstance(item, keras.layers.Layer):
+                        replacement = self._wrapped(item, f"{prefix}{name}/{index}")
+                        if replacement is not None:
+                            list.__setitem__(value, index, replacement)
+
+    def _wrapped(self, layer, path: str):
+        if isinstance(layer, QDQWrapper):
+            return None
+        wrapper = DEFAULT_REGISTRY.wrapper_for(type(layer))
+        if wrapper is None or wrapper is NestedLayersQDQWrapper:
+            self._wrap_inside(layer, f"{path}/")
+            return None
+        if not (wrapper.default_quantize_input or wrapper.default_quantize_weight):
+            return None
+        inputs = (0,) if self.quantize_inputs and wrapper.default_quantize_input else ()
+        weights = self.quantize_weights and wrapper.default_quantize_weight
+        if not inputs and not weights:
+            return None
+        inner = wrapper(layer, quantize_inputs=inputs, quantize_weights=weights, activation_range=self.activation_range)
+        self._inner[path] = inner
+        return inner
+
+    def range_slots(self) -> list[str]:
+        return []
+
+    def activation_ranges(self) -> dict[str, keras.Variable]:
+        return {f"{path}/{slot}": amax for path, inner in self._inner.items() for slot, amax in inner.activation_ranges().items()}
+
+    def unobserved_ranges(self) -> list[str]:
+        return [f"{path}/{slot}" for path, inner in self._inner.items() for slot in inner.unobserved_ranges()]
+
+    def set_activation_range(self, slot: str, amax: float) -> None:
+        path, _, inner_slot = slot.rpartition("/")
+        if path not in self._inner:
+            raise KeyError(f"{self.name} has no activation range '{slot}'; it has {sorted(self.activation_ranges())}.")
+        self._inner[path].set_activation_range(inner_slot, amax)
+
+    def set_observer(self, observer: Observer | None) -> None:
+        self._observer = observer
+        for path, inner in self._inner.items():
+            if observer is None:
+                inner.set_observer(None)
+            else:
+                inner.set_observer(lambda _inner, slot, tensor, path=path: observer(self, f"{path}/{slot}", tensor))
+
+    def call(self, inputs, *args, training=None, **kwargs):
+        return self.layer(inputs, *args, training=training, **kwargs)
+
+    def compute_output_spec(self, inputs, *args, training=None, **kwargs):
+        return self.layer.compute_output_spec(inputs, *args, **kwargs)
+
+
 BUILTIN_WRAPPERS: tuple[type[QDQWrapper], ...] = (
     ConvQDQWrapper,
     DenseQDQWrapper,
@@ -774,6 +879,7 @@ BUILTIN_WRAPPERS: tuple[type[QDQWrapper], ...] = (
     EinsumDenseQDQWrapper,
     MultiHeadAttentionQDQWrapper,
     EmbeddingQDQWrapper,
+    NestedLayersQDQWrapper,
 )
 
 
@@ -786,30 +892,35 @@ class WrapperRegistry:
 
     def __init__(self, wrappers: Iterable[type[QDQWrapper]]):
         table: dict[type, type[QDQWrapper]] = {}
+        by_name: dict[str, type[QDQWrapper]] = {}
         for wrapper in wrappers:
             if not (isinstance(wrapper, type) and issubclass(wrapper, QDQWrapper)):
                 raise TypeError(
                     f"{wrapper!r} is not a QDQWrapper subclass. A custom wrapper subclasses "
                     "qdq_toolkit.QDQWrapper and lists the Keras classes it wraps in `layer_classes`."
                 )
-            if not wrapper.layer_classes:
+            class_names = getattr(wrapper, "layer_class_names", ())
+            if not wrapper.layer_classes and not class_names:
                 raise ValueError(
                     f"{wrapper.__name__}.layer_classes is empty: list the Keras layer classes it wraps."
                 )
             for layer_class in wrapper.layer_classes:
                 table[layer_class] = wrapper
+            for class_name in class_names:  # classes of optional packages (keras-hub), matched by qualified name
+                by_name[class_name] = wrapper
         self._table = MappingProxyType(table)
+        self._by_name = MappingProxyType(by_name)
 
     def with_wrappers(self, wrappers: Iterable[type[QDQWrapper]] | None) -> WrapperRegistry:
         if not wrappers:
             return self
-        return WrapperRegistry([*dict.fromkeys(self._table.values()), *wrappers])
+        return WrapperRegistry([*dict.fromkeys([*self._table.values(), *self._by_name.values()]), *wrappers])
 
     def wrapper_for(self, layer_class: type) -> type[QDQWrapper] | None:
-        return self._table.get(layer_class)
+        return self._table.get(layer_class) or self._by_name.get(_qualified_name(layer_class))
 
     def supported_classes(self) -> list[str]:
-        return sorted(cls.__name__ for cls in self._table)
+        return sorted({cls.__name__ for cls in self._table} | {name.rsplit(".", 1)[-1] for name in self._by_name})
 
     def class_named(self, name: str) -> type | None:
         for cls in self._table:
