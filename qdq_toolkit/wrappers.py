@@ -861,7 +861,11 @@ class NestedLayersQDQWrapper(QDQWrapper):
         return self.layer(inputs, *args, training=training, **kwargs)
 
     def compute_output_spec(self, inputs, *args, training=None, **kwargs):
-        return self.layer.compute_output_spec(inputs, *args, **kwargs)
+        # Trace the composite's call symbolically (even when it defines compute_output_shape), so that the inner
+        # wrappers are built -- and their ranges exist -- as soon as the model is, not at its first real call.
+        from keras.src import backend
+
+        return backend.compute_output_spec(self.layer.call, inputs, *args, **kwargs)
 
 
 BUILTIN_WRAPPERS: tuple[type[QDQWrapper], ...] = (
