@@ -616,11 +616,22 @@ class MultiHeadAttentionQDQWrapper(QDQWrapper):
         self.supports_masking = True  # like MultiHeadAttention: the query's padding mask carries on to the output
 
     def __call__(self, query, value=None, key=None, **kwargs):
-        if not self.built and self._distinct_value is None:
+        distinct_value = value is not None and value is not query
+        distinct_key = key is not None and key is not (value if value is not None else query)
+        if self._distinct_value is None:
             # Which projection inputs are separate tensors decides the range slots (self-attention: one).
-            self._distinct_value = value is not None and value is not query
-            self._distinct_key = key is not None and key is not (value if value is not None else query)
+            self._distinct_value, self._distinct_key = distinct_value, distinct_key
+        elif (distinct_value and not self._distinct_value) or (distinct_key and not self._distinct_key):
+            raise ValueError(
+                f"{self.name}: built for {'self-attention' if not self._distinct_value else 'query != value'} "
+                "(one range for the tensors the projections share) but now called with separate query/value/key "
+                "tensors. Call it as it was first called, or quantize a layer per use."
+            )
         return super().__call__(query, value, key, **kwargs)
+
+    def assume_self_attention(self) -> None:
+        """Before building: the layer will be called with ``query``, ``value`` (and ``key``) one tensor."""
+        self._distinct_value = self._distinct_key = False
 
     def build(self, query_shape, value_shape=None, key_shape=None):
         value_shape = query_shape if value_shape is None else value_shape
@@ -831,6 +842,11 @@ class NestedLayersQDQWrapper(QDQWrapper):
         if not inputs and not weights:
             return None
         inner = wrapper(layer, quantize_inputs=inputs, quantize_weights=weights, activation_range=self.activation_range)
+        if isinstance(inner, MultiHeadAttentionQDQWrapper):
+            inner.assume_self_attention()  # what TransformerEncoder and ViTEncoderBlock do (checked at each call)
+        # Built now, with the shapes the composite built the layer with, so the ranges exist with the model (no
+        # trace of the composite's call needed, which would cost a second per transformer layer).
+        inner.build(*(layer._build_shapes_dict or {}).values())
         self._inner[path] = inner
         return inner
 
@@ -861,11 +877,7 @@ class NestedLayersQDQWrapper(QDQWrapper):
         return self.layer(inputs, *args, training=training, **kwargs)
 
     def compute_output_spec(self, inputs, *args, training=None, **kwargs):
-        # Trace the composite's call symbolically (even when it defines compute_output_shape), so that the inner
-        # wrappers are built -- and their ranges exist -- as soon as the model is, not at its first real call.
-        from keras.src import backend
-
-        return backend.compute_output_spec(self.layer.call, inputs, *args, **kwargs)
+        return self.layer.compute_output_spec(inputs, *args, **kwargs)
 
 
 BUILTIN_WRAPPERS: tuple[type[QDQWrapper], ...] = (

@@ -117,14 +117,23 @@ def _onnx_predictions(path: Path, images: np.ndarray) -> np.ndarray:
 
 
 def run(
-    epochs: int = 60, qat_epochs: int = 6, seed: int = 0, data: DigitsData | None = None, workdir: Path | None = None
+    epochs: int = 60,
+    qat_epochs: int = 6,
+    seed: int = 0,
+    data: DigitsData | None = None,
+    workdir: Path | None = None,
+    hidden: int = 32,
+    depth: int = 2,
 ) -> Result:
-    """Train, fine-tune, export and evaluate; returns the accuracies (fractions) on the digits test split."""
+    """Train, fine-tune, export and evaluate; returns the accuracies (fractions) on the digits test split.
+
+    ``hidden`` and ``depth`` size the model (the test runs a smaller one for fewer epochs).
+    """
     start = time.perf_counter()
     data = data or load_digits(seed=seed, test_fraction=0.2)
     train, test = data.train, data.test
     keras.utils.set_random_seed(seed)
-    fp32 = vit(data.input_shape, data.num_classes)
+    fp32 = vit(data.input_shape, data.num_classes, hidden=hidden, heads=4, depth=depth)
     _compile(fp32, 3e-3)
     fp32.fit(train.images, train.labels, epochs=epochs, batch_size=64, verbose=0)
 
