@@ -13,7 +13,7 @@ from examples.vit_digits.workflow import run
 
 @pytest.fixture(scope="module")
 def result():
-    return run(epochs=25, qat_epochs=2, hidden=16, depth=1)
+    return run(epochs=15, qat_epochs=2, hidden=16, depth=1)
 
 
 @pytest.mark.slow
