@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     except FileExistsError as exc:
         print(f"error: {exc}")
         return 1
-    rounds, steps, repeats = (2, 2, 2) if args.quick else (7, 4, 5)
+    rounds, steps, repeats = (2, 2, 2) if args.quick else (11, 4, 5)
     print(f"train steps: {rounds} interleaved rounds of {steps} steps ...", file=sys.stderr)
     results = {"train_step": bench_train_step(rounds, steps)}
     print(f"quantize_model: {repeats} runs ...", file=sys.stderr)
