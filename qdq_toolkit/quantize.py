@@ -189,6 +189,29 @@ def _apply(entry: LayerSpec, ref: LayerRef, registry: WrapperRegistry, decisions
     decisions[id(ref.layer)] = _decision_from_entry(entry, ref, wrapper, source)
 
 
+def _copy_layer(layer):
+    """``from_config(get_config())``; when that fails because get_config also returns derived values the
+    constructor does not take (keras-hub 0.32's ``ViTPatchingAndEmbedding`` adds ``num_patches``), retry with
+    the constructor's own arguments only, and keep the copy only if its config equals the original's."""
+    import inspect
+
+    cls, config = layer.__class__, layer.get_config()
+    try:
+        return cls.from_config(config)
+    except Exception as first:  # noqa: BLE001 - re-raised unchanged when the retry does not apply
+        accepted = set(inspect.signature(cls.__init__).parameters) | {"name", "trainable", "dtype"}
+        reduced = {key: value for key, value in config.items() if key in accepted}
+        if reduced == config:
+            raise
+        try:
+            clone = cls.from_config(reduced)
+        except Exception:  # noqa: BLE001
+            raise first from None
+        if clone.get_config() != config:
+            raise first from None
+        return clone
+
+
 def quantize_model(
     model: keras.Model,
     quantization_mode: str = "full",
@@ -225,7 +248,7 @@ def quantize_model(
 
     def clone_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
         try:
-            clone = layer.__class__.from_config(layer.get_config())
+            clone = _copy_layer(layer)
         except Exception as exc:  # noqa: BLE001 - re-raised with the layer named and the fix
             raise TypeError(
                 f"Cannot copy layer '{layer.name}' ({type(layer).__name__}) with from_config(get_config()): {exc}. "
@@ -244,7 +267,7 @@ def quantize_model(
 
     quantized = keras.models.clone_model(model, clone_function=clone_layer, recursive=True)
     for original, clone in copies:
-        if original.weights:
+        if getattr(original, "weights", None):  # ops such as x[:, 0] or x + y are operations without weights
             clone.set_weights(original.get_weights())
     return quantized
 

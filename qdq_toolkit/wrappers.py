@@ -453,6 +453,442 @@ class ConcatenateQDQWrapper(QDQWrapper):
     multi_input = True
 
 
+# ------------------------------------------------------------------------------------------------ transformers
+#
+# Sources for the placement below (read before writing it, December 2026):
+# * TensorRT, "Fused Attention" (docs.nvidia.com/deeplearning/tensorrt/latest/inference-library/
+#   transformers-fused-attention.html): attention is fused from MatMul(Q, K^T) -> (mask) -> Softmax -> MatMul(., V);
+#   Q (or K) must already be scaled by 1/sqrt(d) when it reaches the first batched MatMul.
+# * NVIDIA ModelOpt, PyTorch side: its quantized attention modules carry ``q_bmm_quantizer``, ``k_bmm_quantizer``,
+#   ``v_bmm_quantizer`` and ``softmax_quantizer`` -- QDQ on both inputs of both batched matmuls; its ONNX FP8 MHA
+#   export (NVIDIA/Model-Optimizer PR #1289) moves the attention scaling and K's Transpose so that each DQ feeds
+#   its MatMul directly and quantizes the Softmax output, which is what TensorRT's fused MHA kernels match.
+# * NVIDIA ModelOpt, ONNX side (``modelopt/onnx/quantization/partitioning.py``): LayerNorm chains and the GELU
+#   ``Erf`` chain are non-quantizable partitions; linear ops (MatMul/Gemm) get QDQ on their inputs.
+# * Keras 3 sources: ``keras/src/layers/attention/multi_head_attention.py`` (projections are EinsumDense layers,
+#   scores = einsum(key, query * 1/sqrt(key_dim)), masked Softmax, dropout, einsum(probs, value), output
+#   EinsumDense) and ``keras/src/layers/core/einsum_dense.py`` (einsum, + bias, activation).
+
+
+class EinsumMatMul:
+    """An EinsumDense equation computed as ``transpose -> reshape -> MatMul(x, W2d) -> reshape -> transpose``.
+
+    ONNX per-channel quantization has exactly one axis, and TensorRT quantizes a MatMul weight (K, N) per column
+    N. An EinsumDense kernel may have several output-feature axes (MultiHeadAttention's query kernel is
+    (dim, heads, head_dim)), so the kernel is flattened to 2-D ``(contracted features, output features)`` and
+    quantized per column: exactly "per output feature, whatever the equation". The export is then a MatMul with
+    a DequantizeLinear on each input and no ``Einsum`` node (TensorRT runs ONNX Einsum in float only).
+
+    Supported: every equation whose letters are free input axes (kept in the output), contracted axes (input and
+    kernel, not output) and kernel output axes, with ``...`` allowed. Batch axes shared by input, kernel and
+    output, and input axes summed away, are refused with the reason.
+    """
+
+    def __init__(self, equation: str, input_rank: int, layer_name: str = ""):
+        inputs_kernel, output = equation.replace(" ", "").split("->")
+        inputs, kernel = inputs_kernel.split(",")
+        if "..." in inputs:
+            count = input_rank - (len(inputs) - 3)
+            extra = "".join(chr(ord("A") + i) for i in range(count))
+            inputs, output = inputs.replace("...", extra), output.replace("...", extra)
+        where = f"EinsumDense '{layer_name}' (equation {equation!r})"
+        if len(inputs) != input_rank:
+            raise ValueError(f"{where}: the equation names {len(inputs)} input axes but the input has rank {input_rank}.")
+        shared = [c for c in kernel if c in inputs and c in output]
+        summed = [c for c in inputs if c not in kernel and c not in output]
+        if shared or summed:
+            raise ValueError(
+                f"{where} cannot be computed as one MatMul ({'batch axes ' + ''.join(shared) if shared else ''}"
+                f"{' summed input axes ' + ''.join(summed) if summed else ''}). Leave it in float: "
+                f"spec.add('{layer_name}', quantize_input=False, quantize_weight=False)."
+            )
+        self.contracted = [c for c in kernel if c in inputs]
+        self.kernel_out = [c for c in kernel if c not in inputs]
+        self.free = [c for c in inputs if c not in kernel]
+        product = self.free + self.kernel_out
+        self.input_perm = [inputs.index(c) for c in self.free + self.contracted]
+        self.kernel_perm = [kernel.index(c) for c in self.contracted + self.kernel_out]
+        self.output_perm = [product.index(c) for c in output]
+
+    @staticmethod
+    def _is_identity(perm) -> bool:
+        return list(perm) == list(range(len(perm)))
+
+    def flat_kernel(self, kernel):
+        """The kernel as a 2-D ``(contracted, output features)`` matrix, per-column quantizable."""
+        if not self._is_identity(self.kernel_perm):
+            kernel = ops.transpose(kernel, self.kernel_perm)
+        shape = tuple(kernel.shape)
+        contracted = 1
+        for dim in shape[: len(self.contracted)]:
+            contracted *= int(dim)
+        return ops.reshape(kernel, (contracted, -1))
+
+    def kernel_out_shape(self, kernel_shape) -> tuple[int, ...]:
+        return tuple(int(kernel_shape[self.kernel_perm[len(self.contracted) + i]]) for i in range(len(self.kernel_out)))
+
+    def __call__(self, x, kernel_2d, kernel_out_shape):
+        if not self._is_identity(self.input_perm):
+            x = ops.transpose(x, self.input_perm)
+        free_dims = ops.shape(x)[: len(self.free)]
+        if len(self.contracted) != 1:
+            x = ops.reshape(x, (*free_dims, int(kernel_2d.shape[0])))
+        y = ops.matmul(x, kernel_2d)
+        if len(self.kernel_out) != 1:
+            y = ops.reshape(y, (*free_dims, *kernel_out_shape))
+        if not self._is_identity(self.output_perm):
+            y = ops.transpose(y, self.output_perm)
+        return y
+
+
+def _flat_quantized_kernel(wrapper: QDQWrapper, owner, plan: EinsumMatMul, attribute: str, training):
+    """The 2-D MatMul kernel of ``owner`` (an EinsumDense), per-column QDQ when the wrapper quantizes weights.
+
+    :meth:`QDQWrapper.quantized_kernel` quantizes an attribute of the wrapped layer; the flattened kernel is put
+    there under ``attribute`` for the duration of that call only (it is a tensor computed from the variable, so
+    gradients reach the kernel through the reshape).
+    """
+    wrapper.layer.__dict__[attribute] = plan.flat_kernel(owner.kernel)
+    try:
+        return wrapper.quantized_kernel(attribute, training)
+    finally:
+        del wrapper.layer.__dict__[attribute]
+
+
+def _einsum_epilogue(layer, outputs):
+    if getattr(layer, "bias", None) is not None:
+        outputs = ops.add(outputs, layer.bias)
+    if layer.activation is not None:
+        outputs = layer.activation(outputs)
+    return outputs
+
+
+@_serializable
+class EinsumDenseQDQWrapper(QDQWrapper):
+    """EinsumDense: QDQ on the input (per tensor) and the kernel (per output feature), computed as MatMul.
+
+    TensorRT rule: a MatMul runs in INT8 with DequantizeLinear on both operands, the weight (K, N) per channel
+    along N. ONNX per-channel scales lie on one axis and TensorRT runs ``Einsum`` in float, so the wrapper computes
+    the equation as reshape + MatMul with the kernel flattened to ``(in_features, out_features)`` and quantized
+    per column, whatever the equation (see :class:`EinsumMatMul`); the export is a MatMul with DQ on both inputs.
+    Bias and activation follow the MatMul, as TensorRT's GEMM epilogue does.
+    """
+
+    layer_classes = (keras.layers.EinsumDense,)
+    default_quantize_input = True
+    default_quantize_weight = True
+    kernel_axes = MappingProxyType({"_qdq_matmul_kernel": -1})
+
+    def build(self, input_shape=None):
+        super().build(input_shape)
+        self._plan = EinsumMatMul(self.layer.equation, len(input_shape), self.layer.name)
+
+    def quantized_call(self, inputs, training=None, **kwargs):
+        layer = self.layer
+        kernel = _flat_quantized_kernel(self, layer, self._plan, "_qdq_matmul_kernel", training)
+        outputs = self._plan(inputs, kernel, self._plan.kernel_out_shape(layer.kernel.shape))
+        return _einsum_epilogue(layer, outputs)
+
+
+@_serializable
+class MultiHeadAttentionQDQWrapper(QDQWrapper):
+    """MultiHeadAttention: QDQ where TensorRT's fused INT8 attention reads INT8, computed with MatMul/Transpose.
+
+    TensorRT rule: the projections are GEMMs (QDQ on their input, per tensor, and on their kernel, per output
+    feature); the attention core ``MatMul(Q, K^T) -> Softmax -> MatMul(P, V)`` runs as a fused INT8 MHA kernel when
+    both inputs of both batched matmuls come from DequantizeLinear: Q (already scaled by 1/sqrt(key_dim), as
+    TensorRT requires) and K for the scores, the softmax probabilities and V for the context (ModelOpt's
+    ``q/k/v_bmm_quantizer`` + ``softmax_quantizer``). Softmax itself, the mask and dropout stay float. The export
+    has MatMul and Transpose only -- no ``Einsum`` -- and each DQ feeds its MatMul directly.
+
+    Range slots: ``query`` (the input of the query projection; shared by the key/value projections when they read
+    the same tensor -- self-attention -- so TensorRT quantizes that tensor once), ``value`` and ``key`` when they
+    are other tensors, ``bmm1_query``, ``bmm1_key``, ``bmm2_probs``, ``bmm2_value`` and ``output_input`` (the
+    output projection's input). Masks work as in the float layer: ``attention_mask``, Keras padding masks on the
+    inputs (``_keras_mask``) and ``use_causal_mask``. Supported: 3-D inputs ``(batch, sequence, features)`` with
+    attention over the sequence (Keras' default ``attention_axes``), no ``use_gate``.
+    """
+
+    layer_classes = (keras.layers.MultiHeadAttention,)
+    default_quantize_input = True
+    default_quantize_weight = True
+    multi_input = True  # query, value (, key): any quantization_index quantizes the whole layer
+    kernel_axes = MappingProxyType(
+        {f"_qdq_{name}_kernel": -1 for name in ("query", "key", "value", "output")}
+    )
+    _CORE_SLOTS = ("bmm1_query", "bmm1_key", "bmm2_probs", "bmm2_value", "output_input")
+
+    def __init__(self, layer, quantize_inputs=(0,), quantize_weights=False, activation_range=None, **kwargs):
+        self._distinct_value = kwargs.pop("distinct_value", None)
+        self._distinct_key = kwargs.pop("distinct_key", None)
+        super().__init__(layer, quantize_inputs, quantize_weights, activation_range, **kwargs)
+        self.supports_masking = True  # like MultiHeadAttention: the query's padding mask carries on to the output
+
+    def __call__(self, query, value=None, key=None, **kwargs):
+        distinct_value = value is not None and value is not query
+        distinct_key = key is not None and key is not (value if value is not None else query)
+        if self._distinct_value is None:
+            # Which projection inputs are separate tensors decides the range slots (self-attention: one).
+            self._distinct_value, self._distinct_key = distinct_value, distinct_key
+        elif (distinct_value and not self._distinct_value) or (distinct_key and not self._distinct_key):
+            raise ValueError(
+                f"{self.name}: built for {'self-attention' if not self._distinct_value else 'query != value'} "
+                "(one range for the tensors the projections share) but now called with separate query/value/key "
+                "tensors. Call it as it was first called, or quantize a layer per use."
+            )
+        return super().__call__(query, value, key, **kwargs)
+
+    def assume_self_attention(self) -> None:
+        """Before building: the layer will be called with ``query``, ``value`` (and ``key``) one tensor."""
+        self._distinct_value = self._distinct_key = False
+
+    def build(self, query_shape, value_shape=None, key_shape=None):
+        value_shape = query_shape if value_shape is None else value_shape
+        layer = self.layer
+        if not layer.built:
+            layer.build(query_shape, value_shape, key_shape)
+        if len(query_shape) != 3 or getattr(layer, "_use_gate", False) or tuple(layer._attention_axes) != (1,):
+            raise ValueError(
+                f"MultiHeadAttention '{layer.name}': the QDQ wrapper supports 3-D inputs (batch, sequence, features) "
+                "with attention over the sequence axis and no use_gate. Leave this layer in float: "
+                f"spec.add('{layer.name}', quantize_input=False, quantize_weight=False)."
+            )
+        self._plans = {
+            name: EinsumMatMul(dense.equation, rank, dense.name)
+            for name, dense, rank in (
+                ("query", layer._query_dense, len(query_shape)),
+                ("key", layer._key_dense, len(key_shape or value_shape)),
+                ("value", layer._value_dense, len(value_shape)),
+                ("output", layer._output_dense, 4),
+            )
+        }
+        # The base class checks the quantization indices against the inputs; any index means "the whole layer"
+        # here (the attention mask can be a node input too), so it sees as many inputs as the indices name.
+        QDQWrapper.build(self, [query_shape] * (max(self.quantize_inputs, default=0) + 1))
+
+    def range_slots(self) -> list[str]:
+        if not self.quantize_inputs:
+            return []
+        slots = ["query"]
+        if self._distinct_value:
+            slots.append("value")
+        if self._distinct_key:
+            slots.append("key")
+        return slots + list(self._CORE_SLOTS)
+
+    def _qdq(self, slot, x, training):
+        return self.quantize_activation(slot, x, training) if self.quantize_inputs else x
+
+    def _project(self, name, x, training):
+        dense = getattr(self.layer, f"_{name}_dense")
+        plan = self._plans[name]
+        kernel = _flat_quantized_kernel(self, dense, plan, f"_qdq_{name}_kernel", training)
+        return _einsum_epilogue(dense, plan(x, kernel, plan.kernel_out_shape(dense.kernel.shape)))
+
+    def call(
+        self,
+        query,
+        value=None,
+        key=None,
+        query_mask=None,
+        value_mask=None,
+        key_mask=None,
+        attention_mask=None,
+        return_attention_scores=False,
+        training=None,
+        use_causal_mask=False,
+    ):
+        from keras.src import backend  # get/set_keras_mask: how Keras layers read padding masks
+
+        layer = self.layer
+        value = query if value is None else value
+        key = value if key is None else key
+        query_mask = backend.get_keras_mask(query) if query_mask is None else query_mask
+        value_mask = backend.get_keras_mask(value) if value_mask is None else value_mask
+        if key is not value and key_mask is None:
+            key_mask = backend.get_keras_mask(key)
+        mask = layer._compute_attention_mask(
+            query,
+            value,
+            query_mask=query_mask,
+            value_mask=value_mask,
+            key_mask=key_mask if key is not value else None,
+            attention_mask=attention_mask,
+            use_causal_mask=use_causal_mask,
+        )
+        q_in = self._qdq("query", query, training)
+        v_in = self._qdq("value", value, training) if self._distinct_value else q_in
+        if self._distinct_key:
+            k_in = self._qdq("key", key, training)
+        else:
+            k_in = v_in
+        q = self._project("query", q_in, training)  # (B, T, N, H)
+        k = self._project("key", k_in, training)  # (B, S, N, H)
+        v = self._project("value", v_in, training)  # (B, S, N, H)
+        q = ops.transpose(ops.multiply(q, ops.cast(layer._inverse_sqrt_key_dim, q.dtype)), (0, 2, 1, 3))
+        k = ops.transpose(k, (0, 2, 3, 1))  # (B, N, H, S)
+        scores = ops.matmul(self._qdq("bmm1_query", q, training), self._qdq("bmm1_key", k, training))  # (B, N, T, S)
+        probs = layer._masked_softmax(scores, mask)
+        dropped = layer._dropout_layer(probs, training=training) if layer._dropout > 0.0 else probs
+        v = ops.transpose(v, (0, 2, 1, 3))  # (B, N, S, H)
+        context = ops.matmul(self._qdq("bmm2_probs", dropped, training), self._qdq("bmm2_value", v, training))
+        context = ops.transpose(context, (0, 2, 1, 3))  # (B, T, N, H)
+        output = self._project("output", self._qdq("output_input", context, training), training)
+        if query_mask is not None:
+            backend.set_keras_mask(output, query_mask)
+        if return_attention_scores:
+            return output, probs
+        return output
+
+    def compute_output_shape(self, query_shape, value_shape=None, key_shape=None):
+        return self.layer.compute_output_shape(query_shape, query_shape if value_shape is None else value_shape, key_shape)
+
+    def compute_output_spec(self, query, value=None, key=None, **kwargs):
+        kwargs.pop("training", None)
+        return self.layer.compute_output_spec(query, query if value is None else value, key, **kwargs)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"distinct_value": self._distinct_value, "distinct_key": self._distinct_key})
+        return config
+
+
+@_serializable
+class EmbeddingQDQWrapper(QDQWrapper):
+    """Embedding: per-channel QDQ on the embedding table (weight-only int8), off by default.
+
+    TensorRT rule: a Gather of a constant table is a lookup, not a GEMM; there is nothing for an INT8 kernel to
+    fuse, so NVIDIA's recipes (and ModelOpt's ONNX placement) leave embeddings in float. Quantizing the table
+    simulates int8 storage of it (scales per embedding feature, axis -1). The token ids are integers and never
+    get QDQ, whatever the spec says about inputs.
+    """
+
+    layer_classes = (keras.layers.Embedding,)
+    kernel_axes = MappingProxyType({"embeddings": -1})
+
+    def range_slots(self) -> list[str]:
+        return []
+
+    def call(self, inputs, training=None, **kwargs):
+        if inputs.dtype not in ("int32", "int64"):
+            inputs = ops.cast(inputs, "int32")
+        outputs = ops.take(self.quantized_kernel("embeddings", training), inputs, axis=0)
+        return ops.cast(outputs, dtype=self.layer.compute_dtype)
+
+    def compute_mask(self, inputs, mask=None):
+        return self.layer.compute_mask(inputs, mask)
+
+
+def _qualified_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+@_serializable
+class NestedLayersQDQWrapper(QDQWrapper):
+    """Composite layers that hold supported layers inside them: QDQ on those inner layers, the rest untouched.
+
+    keras-hub builds its backbones from composite layers -- ``TransformerEncoder`` (a MultiHeadAttention, two
+    Dense, two LayerNormalization, residual adds), ``ViTEncoder`` (a list of ``ViTEncoderBlock``), the ViT patch
+    embedding (a Conv2D) -- that are leaves of the Functional graph. The wrapper puts the wrapper of every inner
+    layer whose wrapper is on by default in ``quantization_mode="full"`` (MultiHeadAttention, Dense, EinsumDense,
+    Conv, ...) in place of that layer, so the composite's own ``call`` runs through them; LayerNormalization,
+    Softmax, GELU, dropout and the residual adds stay float, which is the placement TensorRT fuses best (see
+    :class:`MultiHeadAttentionQDQWrapper`; ModelOpt's ONNX placement keeps LayerNorm and GELU partitions float).
+    A spec entry for the composite turns all of its inner layers on or off together.
+
+    Its activation ranges are those of the inner wrappers, named ``"<attribute path>/<slot>"`` (e.g.
+    ``_self_attention_layer/bmm2_probs``). Listed by class name (``layer_class_names``) so that keras-hub is not
+    imported by the toolkit.
+    """
+
+    layer_class_names = (
+        "keras_hub.src.layers.modeling.transformer_encoder.TransformerEncoder",
+        "keras_hub.src.models.vit.vit_layers.ViTEncoder",
+        "keras_hub.src.models.vit.vit_layers.ViTPatchingAndEmbedding",
+    )
+    default_quantize_input = True
+    default_quantize_weight = True
+    multi_input = True  # any input index: the inner layers decide what they quantize
+    # The kernels are those of the inner layers; this entry only tells quantize_model that weights exist.
+    kernel_axes = MappingProxyType({"<inner layers>": -1})
+
+    def build(self, input_shape=None):
+        if not self.layer.built:
+            self.layer.build(input_shape)
+        self._ranges = {}
+        self._inner: dict[str, QDQWrapper] = {}
+        self._wrap_inside(self.layer, "")
+        # Tracked here (not by the composite), so the composite's own weights stay what they were.
+        self.inner_wrappers = list(self._inner.values())
+        self.built = True
+
+    def _wrap_inside(self, layer, prefix: str) -> None:
+        for name, value in list(vars(layer).items()):
+            if name == "_layers":  # Keras' own list of tracked sublayers: the attributes below name the same layers
+                continue
+            if isinstance(value, keras.layers.Layer):
+                replacement = self._wrapped(value, f"{prefix}{name}")
+                if replacement is not None:
+                    object.__setattr__(layer, name, replacement)  # untracked: the composite keeps its weights
+            elif isinstance(value, list) and any(isinstance(item, keras.layers.Layer) for item in value):
+                for index, item in enumerate(value):
+                    if isinstance(item, keras.layers.Layer):
+                        replacement = self._wrapped(item, f"{prefix}{name}/{index}")
+                        if replacement is not None:
+                            list.__setitem__(value, index, replacement)
+
+    def _wrapped(self, layer, path: str):
+        if isinstance(layer, QDQWrapper):
+            return None
+        wrapper = DEFAULT_REGISTRY.wrapper_for(type(layer))
+        if wrapper is None or wrapper is NestedLayersQDQWrapper:
+            self._wrap_inside(layer, f"{path}/")
+            return None
+        if not (wrapper.default_quantize_input or wrapper.default_quantize_weight):
+            return None
+        inputs = (0,) if self.quantize_inputs and wrapper.default_quantize_input else ()
+        weights = self.quantize_weights and wrapper.default_quantize_weight
+        if not inputs and not weights:
+            return None
+        inner = wrapper(layer, quantize_inputs=inputs, quantize_weights=weights, activation_range=self.activation_range)
+        if isinstance(inner, MultiHeadAttentionQDQWrapper):
+            inner.assume_self_attention()  # what TransformerEncoder and ViTEncoderBlock do (checked at each call)
+        # Built now, with the shapes the composite built the layer with, so the ranges exist with the model (no
+        # trace of the composite's call needed, which would cost a second per transformer layer).
+        inner.build(*(layer._build_shapes_dict or {}).values())
+        self._inner[path] = inner
+        return inner
+
+    def range_slots(self) -> list[str]:
+        return []
+
+    def activation_ranges(self) -> dict[str, keras.Variable]:
+        return {f"{path}/{slot}": amax for path, inner in self._inner.items() for slot, amax in inner.activation_ranges().items()}
+
+    def unobserved_ranges(self) -> list[str]:
+        return [f"{path}/{slot}" for path, inner in self._inner.items() for slot in inner.unobserved_ranges()]
+
+    def set_activation_range(self, slot: str, amax: float) -> None:
+        path, _, inner_slot = slot.rpartition("/")
+        if path not in self._inner:
+            raise KeyError(f"{self.name} has no activation range '{slot}'; it has {sorted(self.activation_ranges())}.")
+        self._inner[path].set_activation_range(inner_slot, amax)
+
+    def set_observer(self, observer: Observer | None) -> None:
+        self._observer = observer
+        for path, inner in self._inner.items():
+            if observer is None:
+                inner.set_observer(None)
+            else:
+                inner.set_observer(lambda _inner, slot, tensor, path=path: observer(self, f"{path}/{slot}", tensor))
+
+    def call(self, inputs, *args, training=None, **kwargs):
+        return self.layer(inputs, *args, training=training, **kwargs)
+
+    def compute_output_spec(self, inputs, *args, training=None, **kwargs):
+        return self.layer.compute_output_spec(inputs, *args, **kwargs)
+
+
 BUILTIN_WRAPPERS: tuple[type[QDQWrapper], ...] = (
     ConvQDQWrapper,
     DenseQDQWrapper,
@@ -465,6 +901,10 @@ BUILTIN_WRAPPERS: tuple[type[QDQWrapper], ...] = (
     AddQDQWrapper,
     MultiplyQDQWrapper,
     ConcatenateQDQWrapper,
+    EinsumDenseQDQWrapper,
+    MultiHeadAttentionQDQWrapper,
+    EmbeddingQDQWrapper,
+    NestedLayersQDQWrapper,
 )
 
 
@@ -477,30 +917,35 @@ class WrapperRegistry:
 
     def __init__(self, wrappers: Iterable[type[QDQWrapper]]):
         table: dict[type, type[QDQWrapper]] = {}
+        by_name: dict[str, type[QDQWrapper]] = {}
         for wrapper in wrappers:
             if not (isinstance(wrapper, type) and issubclass(wrapper, QDQWrapper)):
                 raise TypeError(
                     f"{wrapper!r} is not a QDQWrapper subclass. A custom wrapper subclasses "
                     "qdq_toolkit.QDQWrapper and lists the Keras classes it wraps in `layer_classes`."
                 )
-            if not wrapper.layer_classes:
+            class_names = getattr(wrapper, "layer_class_names", ())
+            if not wrapper.layer_classes and not class_names:
                 raise ValueError(
                     f"{wrapper.__name__}.layer_classes is empty: list the Keras layer classes it wraps."
                 )
             for layer_class in wrapper.layer_classes:
                 table[layer_class] = wrapper
+            for class_name in class_names:  # classes of optional packages (keras-hub), matched by qualified name
+                by_name[class_name] = wrapper
         self._table = MappingProxyType(table)
+        self._by_name = MappingProxyType(by_name)
 
     def with_wrappers(self, wrappers: Iterable[type[QDQWrapper]] | None) -> WrapperRegistry:
         if not wrappers:
             return self
-        return WrapperRegistry([*dict.fromkeys(self._table.values()), *wrappers])
+        return WrapperRegistry([*dict.fromkeys([*self._table.values(), *self._by_name.values()]), *wrappers])
 
     def wrapper_for(self, layer_class: type) -> type[QDQWrapper] | None:
-        return self._table.get(layer_class)
+        return self._table.get(layer_class) or self._by_name.get(_qualified_name(layer_class))
 
     def supported_classes(self) -> list[str]:
-        return sorted(cls.__name__ for cls in self._table)
+        return sorted({cls.__name__ for cls in self._table} | {name.rsplit(".", 1)[-1] for name in self._by_name})
 
     def class_named(self, name: str) -> type | None:
         for cls in self._table:

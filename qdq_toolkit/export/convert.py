@@ -121,10 +121,13 @@ def convert_function(concrete_function, opset: int, progress: Progress | None) -
     from tf2onnx import utils as tf2onnx_utils
     from tf2onnx.convert import _convert_common, tensor_names_from_structed
 
+    import qdq_toolkit.export.tf2onnx_ops  # noqa: F401 - registers the Erfc handler (exact GELU) with tf2onnx
+
     # tf2onnx names the nodes it creates from a process-wide counter; start it afresh so that exporting the same
     # model twice (in one process or two) gives byte-identical files.
     tf2onnx_utils.INTERNAL_NAME = 1
-    input_names = [t.name for t in concrete_function.inputs if t.dtype != tf.resource]
+    captured = {id(t) for t in concrete_function.graph.internal_captures}  # constants a layer made in build()
+    input_names = [t.name for t in concrete_function.inputs if t.dtype != tf.resource and id(t) not in captured]
     output_names = [t.name for t in concrete_function.outputs if t.dtype != tf.resource]
     _say(progress, "freezing the TensorFlow graph")
     with tf.device("/cpu:0"):
