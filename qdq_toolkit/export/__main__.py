@@ -57,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument("--saved-model", metavar="DIR", help="SavedModel directory (from model.export)")
     source.add_argument("--keras-model", metavar="FILE", help="Keras model file (.keras)")
     parser.add_argument("--output", "-o", metavar="FILE", help="ONNX file to write")
-    parser.add_argument("--opset", type=int, default=13, help="ONNX opset (13-21; default 13)")
+    parser.add_argument("--opset", type=int, default=13, help="ONNX opset (13-18, the newest tf2onnx 1.17 converts; default 13)")
     parser.add_argument(
         "--fp16", action="store_true", help="write the float parts of the graph in float16 (Q/DQ scales stay float32)"
     )

@@ -85,10 +85,15 @@ def _write(model: onnx.ModelProto, path: Path, opset: int, fp16: bool, inputs, o
 
 
 def _check_opset(opset: int) -> int:
-    if not isinstance(opset, int) or isinstance(opset, bool) or not 13 <= opset <= 21:
+    """13 (the first opset with per-channel QuantizeLinear/DequantizeLinear) up to the newest tf2onnx converts."""
+    from tf2onnx.constants import OPSET_TO_IR_VERSION
+
+    newest = max(OPSET_TO_IR_VERSION)  # tf2onnx 1.17: 18 ("Opset 19 is not supported yet")
+    if not isinstance(opset, int) or isinstance(opset, bool) or not 13 <= opset <= newest:
         raise ValueError(
-            f"opset must be an integer from 13 to 21, got {opset!r}. Opset 13 is the first with per-channel "
-            "QuantizeLinear/DequantizeLinear, which TensorRT's explicit quantization needs."
+            f"opset must be an integer from 13 to {newest}, got {opset!r}. Opset 13 is the first with per-channel "
+            f"QuantizeLinear/DequantizeLinear, which TensorRT's explicit quantization needs; {newest} is the newest "
+            "opset the installed tf2onnx converts to."
         )
     return opset
 

@@ -8,10 +8,10 @@ registering the same handler again on a second import is a no-op because Python 
   1.17 has no handler for it ("No Op registered for Erfc with domain_version of 13"), so any model with an exact
   GELU failed to export, even in FP32. ONNX has no ``Erfc`` op but has ``Erf`` since opset 9, and
   ``erfc(x) = 1 - erf(x)`` exactly, so the conversion writes ``Sub(1, Erf(x))`` at every opset we export
-  (13-21). TensorRT imports ``Erf`` as a unary layer and keeps GELU in float (its INT8 recipe leaves GELU
+  (13-18). TensorRT imports ``Erf`` as a unary layer and keeps GELU in float (its INT8 recipe leaves GELU
   unquantized: ModelOpt's ONNX placement, ``modelopt/onnx/quantization/partitioning.py``
   ``find_hardcoded_patterns``, lists the ``Div -> Erf -> Add -> Mul -> Mul`` GELU chain as a non-quantizable
-  partition). The ``Gelu`` op of opset 20 is not used: our exports default to opset 13 and the Erf form is what
+  partition). The ``Gelu`` op of opset 20 is not used: tf2onnx 1.17 converts up to opset 18, and the Erf form is what
   TensorRT's GELU fusion matches at every opset.
 """
 
