@@ -475,6 +475,7 @@ def to_cpu_target(
     trained = _strip_activation_qdq(graph)
     _weights_to_int8(graph)
     _drop_unused(graph)
+    _fold_zero_pads(graph)
     _dense_to_gemm(model)
     chosen, groups, non_negative = _choose_tensors(graph, rules)
     group_amax: dict[str, float] = {}
@@ -514,6 +515,42 @@ def to_cpu_target(
     model.producer_name = "qdq_toolkit"
     onnx.checker.check_model(model)
     return model
+
+
+def _fold_zero_pads(graph: onnx.GraphProto) -> None:
+    """A zero ``Pad`` of the spatial axes whose only consumer is a ``Conv`` moves into the Conv's ``pads`` (exact:
+    the Conv pads with zeros too; QLinearConv pads with the zero point, the integer for 0). Keras'
+    ``ZeroPadding2D`` before a strided convolution (ResNet50's stem, MobileNetV2) then costs nothing."""
+    index = _Index(graph)
+    for pad in list(graph.node):
+        users = index.consumers.get(pad.output[0], [])
+        if pad.op_type != "Pad" or len(users) != 1 or users[0].op_type != "Conv" or users[0].input[0] != pad.output[0]:
+            continue
+        conv = users[0]
+        amounts = index.constant(pad.input[1]) if len(pad.input) > 1 else None
+        if amounts is None or not _is_zero_pad(pad, index) or pad.output[0] in index.graph_outputs:
+            continue
+        if len(pad.input) > 3 and pad.input[3]:
+            continue  # explicit axes (opset 18): not handled
+        amounts = amounts.astype(np.int64).reshape(-1)
+        rank = amounts.size // 2
+        begin, end = amounts[:rank], amounts[rank:]
+        if rank < 3 or np.any(amounts < 0) or begin[:2].any() or end[:2].any():
+            continue
+        auto_pad = next((helper.get_attribute_value(a) for a in conv.attribute if a.name == "auto_pad"), b"NOTSET")
+        if auto_pad not in (b"NOTSET", "NOTSET"):
+            continue
+        spatial = rank - 2
+        current = next((list(helper.get_attribute_value(a)) for a in conv.attribute if a.name == "pads"), [0] * 2 * spatial)
+        merged = [int(current[i] + begin[2 + i]) for i in range(spatial)] + [
+            int(current[spatial + i] + end[2 + i]) for i in range(spatial)
+        ]
+        for attribute in list(conv.attribute):
+            if attribute.name == "pads":
+                conv.attribute.remove(attribute)
+        conv.attribute.append(helper.make_attribute("pads", merged))
+        conv.input[0] = pad.input[0]
+        graph.node.remove(pad)
 
 
 def _dense_to_gemm(model: onnx.ModelProto) -> None:
