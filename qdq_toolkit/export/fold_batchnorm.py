@@ -33,18 +33,11 @@ import onnx
 from onnx import helper, numpy_helper
 
 from qdq_toolkit.export.checks import constant_array
+from qdq_toolkit.export.onnx import _consumers
 
 __all__ = ["fold_batchnorm"]
 
 _AFFINE_OPS = ("Mul", "Add")
-
-
-def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
-    table: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            table.setdefault(name, []).append(node)
-    return table
 
 
 def _attribute(node: onnx.NodeProto, name: str, default):
