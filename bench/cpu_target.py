@@ -158,6 +158,36 @@ def _fidelity() -> dict:
     }
 
 
+def fidelity_from_demo(directory: Path) -> dict:
+    """The digits ResNet50 of ``make demo`` (its ``qat.keras``, ``qat.onnx``, ``qat_cpu.onnx``): CPU target vs the
+    Keras QAT model and vs the TensorRT-target ONNX, on the demo's held-out digits."""
+    import numpy as np
+    import onnx
+
+    from qdq_toolkit import load_model
+    from qdq_toolkit.data import load_digits
+
+    data = load_digits(image_size=32, channels=3, seed=0, test_fraction=0.25)
+    x, labels = data.test.images.astype(np.float32), data.test.labels
+    keras_logits = load_model(directory / "qat.keras").predict(x, verbose=0)
+    top1 = {"keras": keras_logits.argmax(1)}
+    logits = {}
+    for kind, name in (("trt", "qat.onnx"), ("cpu", "qat_cpu.onnx")):
+        session = _session_from_proto(onnx.load(directory / name))
+        logits[kind] = session.run(None, {session.get_inputs()[0].name: x})[0]
+        top1[kind] = logits[kind].argmax(1)
+    return {
+        "model": f"digits ResNet50 of make demo ({directory}), {len(labels)} test images",
+        "agreement_cpu_vs_keras_qat": float((top1["cpu"] == top1["keras"]).mean()),
+        "agreement_trt_vs_keras_qat": float((top1["trt"] == top1["keras"]).mean()),
+        "accuracy_keras_qat": float((top1["keras"] == labels).mean()),
+        "accuracy_trt_onnx": float((top1["trt"] == labels).mean()),
+        "accuracy_cpu_target": float((top1["cpu"] == labels).mean()),
+        "max_abs_logit_diff_cpu_vs_keras": float(np.abs(logits["cpu"] - keras_logits).max()),
+        "logit_span": float(keras_logits.max() - keras_logits.min()),
+    }
+
+
 def _session_from_proto(model):
     import onnxruntime as ort
 
@@ -242,7 +272,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run, not for the record)")
     parser.add_argument("--force", action="store_true", help=f"overwrite {RAW.relative_to(ROOT)}")
+    parser.add_argument(
+        "--demo-dir", type=Path, help="only the fidelity of the demo's digits ResNet50 (a make demo output directory)"
+    )
     args = parser.parse_args(argv)
+    if args.demo_dir is not None:
+        fidelity = fidelity_from_demo(args.demo_dir)
+        print(json.dumps(fidelity, indent=2))
+        return 0
     if RAW.exists() and not args.force:
         print(f"error: {RAW.relative_to(ROOT)} exists; pass --force to overwrite it", file=sys.stderr)
         return 1
