@@ -21,7 +21,7 @@ def small_run(tmp_path_factory):
 def test_artifacts_are_written(small_run):
     config, _ = small_run
     names = {path.name for path in config.output_dir.iterdir()}
-    expected = {"fp32.keras", "qat.keras", "fp32.onnx", "ptq.onnx", "qat.onnx", "calibration.json"}
+    expected = {"fp32.keras", "qat.keras", "fp32.onnx", "ptq.onnx", "qat.onnx", "qat_cpu.onnx", "calibration.json"}
     assert expected | {"report.md", "report.json", "report.png"} <= names
     assert (config.output_dir / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     calibration = json.loads((config.output_dir / "calibration.json").read_text())
@@ -31,9 +31,12 @@ def test_artifacts_are_written(small_run):
 def test_comparison_has_fp32_ptq_qat_and_qat_keeps_accuracy(small_run):
     _, report = small_run
     top1 = {result.name: result.top1() for result in report.evaluated}
-    assert list(top1) == ["fp32 (ONNX Runtime)", "ptq (ONNX Runtime)", "qat (ONNX Runtime)"]
+    assert list(top1) == [
+        "fp32 (ONNX Runtime)", "ptq (ONNX Runtime)", "qat (ONNX Runtime)", "qat (ONNX Runtime, CPU target)"
+    ]
     assert top1["fp32 (ONNX Runtime)"] > 0.95
     assert top1["qat (ONNX Runtime)"] >= top1["fp32 (ONNX Runtime)"] - 0.005
+    assert abs(top1["qat (ONNX Runtime, CPU target)"] - top1["qat (ONNX Runtime)"]) <= 0.005
     table = report.to_markdown()
     assert "ptq (ONNX Runtime)" in table and "Δ top-1 (pp)" in table
 

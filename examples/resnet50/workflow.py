@@ -313,8 +313,11 @@ def _steps_per_epoch(data: Data) -> int:
 
 
 # -------------------------------------------------------------------------------------------------- export
-def export_models(models: dict, config: Config, say=print) -> dict[str, Path]:
-    """Each model to ONNX (and, with a GPU and TensorRT, to an engine). Returns ``{name: file}`` to evaluate."""
+def export_models(models: dict, config: Config, say=print, calibration_images=None) -> dict[str, Path]:
+    """Each model to ONNX (and, with a GPU and TensorRT, to an engine). Returns ``{name: file}`` to evaluate.
+
+    With ``calibration_images`` (a slice of the training images), the QAT model is also exported for the ONNX
+    Runtime CPU target (``qat_cpu.onnx``): the row that shows what INT8 buys on a CPU."""
     from qdq_toolkit.export import keras_to_onnx
     from qdq_toolkit.export.tensorrt import build_engine, tensorrt_status
 
@@ -325,6 +328,13 @@ def export_models(models: dict, config: Config, say=print) -> dict[str, Path]:
             raise RuntimeError(f"{name}.onnx breaks TensorRT's QDQ rules: {result.violations[0].message}")
         say(f"exported {result.path} ({result.num_dequantize_linear} DequantizeLinear)")
         files[f"{name} (ONNX Runtime)"] = result.path
+    if "qat" in models and calibration_images is not None:  # the same QAT model, for ONNX Runtime's integer kernels
+        result = keras_to_onnx(
+            models["qat"], config.output_dir / "qat_cpu.onnx", force=config.force,
+            target="onnxruntime", calibration_data=calibration_images,
+        )
+        say(f"exported {result.path} (ONNX Runtime CPU target)")
+        files["qat (ONNX Runtime, CPU target)"] = result.path
     reason = tensorrt_status()
     if reason is not None:
         say(f"TensorRT engines skipped: {' '.join(reason.split())}")
@@ -339,6 +349,20 @@ def export_models(models: dict, config: Config, say=print) -> dict[str, Path]:
         )
         files[f"{name} (TensorRT)"] = engine
     return files
+
+
+def training_slice(data: Data, limit: int = 256):
+    """Up to ``limit`` training images from the calibration batches, as one float32 array (the CPU target's
+    calibration data)."""
+    import numpy as np
+
+    batches, count = [], 0
+    for images, _ in data.calibration:
+        batches.append(np.asarray(images, dtype=np.float32))
+        count += len(batches[-1])
+        if count >= limit:
+            break
+    return np.concatenate(batches)[:limit] if batches else None
 
 
 def evaluate(files: dict[str, Path], data: Data, config: Config):
@@ -399,7 +423,7 @@ def run(config: Config, say=print) -> dict:
     qat.save(config.output_dir / "qat.keras")
     _write_json(config.output_dir / "calibration.json", calibration.as_dict())
     step("export to ONNX")
-    files = export_models({"fp32": fp32, "ptq": ptq, "qat": qat}, config, say=step)
+    files = export_models({"fp32": fp32, "ptq": ptq, "qat": qat}, config, say=step, calibration_images=training_slice(data))
     step("evaluate")
     report = evaluate(files, data, config)
     step("done")

@@ -5,6 +5,7 @@ Examples::
     python -m qdq_toolkit.export --keras-model qat.keras --output qat.onnx --check
     python -m qdq_toolkit.export --saved-model qat_savedmodel --output qat.onnx --engine qat.plan --batch 1,8,32
     python -m qdq_toolkit.export --check qat.onnx --json
+    python -m qdq_toolkit.export --keras-model qat.keras --output qat_cpu.onnx --target onnxruntime --calibration-data x.npy
 """
 
 from __future__ import annotations
@@ -61,6 +62,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--fp16", action="store_true", help="write the float parts of the graph in float16 (Q/DQ scales stay float32)"
     )
+    parser.add_argument(
+        "--target",
+        choices=("tensorrt", "onnxruntime"),
+        default="tensorrt",
+        help="tensorrt (default): QDQ for TensorRT; onnxruntime: the graph ONNX Runtime's CPU EP runs in integer",
+    )
+    parser.add_argument(
+        "--calibration-data",
+        metavar="FILE",
+        help="--target onnxruntime: inputs for the ranges TensorRT never needed (.npy for a single-input model, "
+        ".npz with one array per input name)",
+    )
     parser.add_argument("--engine", metavar="FILE", help="also build a TensorRT engine (plan) from the ONNX file")
     add_batch_sizes_argument(
         parser, default=(1, 8, 32), help="engine batch sizes: min,opt,max profile (default 1,8,32)"
@@ -106,6 +119,24 @@ def _load_keras(path: Path):
         raise CliError(str(exc)) from None
 
 
+def _load_calibration_data(path: str):
+    """``--calibration-data``: a .npy array, or an .npz archive as ``{input name: array}``."""
+    import numpy as np
+
+    file = Path(path)
+    if not file.is_file():
+        raise CliError(f"calibration data '{path}' does not exist (give a .npy or .npz file)")
+    try:
+        if file.suffix == ".npz":
+            with np.load(file, allow_pickle=False) as archive:
+                return {name: archive[name] for name in archive.files}
+        if file.suffix == ".npy":
+            return np.load(file, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise CliError(f"cannot read calibration data '{path}': {str(exc).splitlines()[0]}") from None
+    raise CliError(f"calibration data '{path}' must be a .npy file (one input) or .npz (one array per input name)")
+
+
 def _export(args, say) -> int:
     from qdq_toolkit.export.onnx import ExportError, keras_to_onnx, saved_model_to_onnx
     from qdq_toolkit.export.ranges import UnobservedRangeWarning
@@ -114,6 +145,9 @@ def _export(args, say) -> int:
         raise CliError("--output is required with --saved-model/--keras-model (the ONNX file to write)")
     if args.check:
         raise CliError("--check takes no file when exporting: it checks the exported --output")
+    if args.target == "onnxruntime" and (args.engine or args.check is not None or args.fp16):
+        raise CliError("--engine, --check and --fp16 are for --target tensorrt")
+    calibration_data = _load_calibration_data(args.calibration_data) if args.calibration_data else None
     sizes = args.batch_sizes if args.engine else ()
     try:  # refuse before doing any work
         output = check_output_path(args.output, args.force)
@@ -131,12 +165,16 @@ def _export(args, say) -> int:
             model = _load_keras(Path(args.keras_model))
             with warnings.catch_warnings():  # reported below as one line
                 warnings.simplefilter("ignore", UnobservedRangeWarning)
-                result = keras_to_onnx(model, output, opset=args.opset, fp16=args.fp16, force=args.force, progress=say)
+                result = keras_to_onnx(
+                    model, output, opset=args.opset, fp16=args.fp16, force=args.force, progress=say,
+                    target=args.target, calibration_data=calibration_data,
+                )
         else:
             with warnings.catch_warnings():  # reported below as one line
                 warnings.simplefilter("ignore", UnobservedRangeWarning)
                 result = saved_model_to_onnx(
-                    args.saved_model, output, opset=args.opset, fp16=args.fp16, force=args.force, progress=say
+                    args.saved_model, output, opset=args.opset, fp16=args.fp16, force=args.force, progress=say,
+                    target=args.target, calibration_data=calibration_data,
                 )
     except (ExportError, ValueError, TypeError, OSError) as exc:  # OSError: e.g. the output cannot be written
         raise CliError(str(exc).splitlines()[0]) from None

@@ -64,11 +64,14 @@ class ExportResult:
     num_quantize_linear: int = 0
     num_dequantize_linear: int = 0
     unobserved_ranges: list[str] = field(default_factory=list)
+    target: str = "tensorrt"
 
 
 # --------------------------------------------------------------------------------------------- TensorFlow side
-def _write(model: onnx.ModelProto, path: Path, opset: int, fp16: bool, inputs, outputs, force, progress) -> ExportResult:
-    violations = check_qdq_placement(model)
+def _write(
+    model: onnx.ModelProto, path: Path, opset: int, fp16: bool, inputs, outputs, force, progress, check: bool = True
+) -> ExportResult:
+    violations = check_qdq_placement(model) if check else []  # TensorRT's rules: not for the CPU target
     _say(progress, f"writing {path}")
     write_atomically(path, model.SerializeToString(), force=force)
     counts = {op: sum(node.op_type == op for node in model.graph.node) for op in ("QuantizeLinear", "DequantizeLinear")}
@@ -82,6 +85,26 @@ def _write(model: onnx.ModelProto, path: Path, opset: int, fp16: bool, inputs, o
         num_quantize_linear=counts["QuantizeLinear"],
         num_dequantize_linear=counts["DequantizeLinear"],
     )
+
+
+TARGETS = ("tensorrt", "onnxruntime")
+
+
+def _retarget(model: onnx.ModelProto, target: str, calibration_data, progress: Progress | None) -> onnx.ModelProto:
+    """The TensorRT-target graph as is, or rewritten for ONNX Runtime's CPU integer kernels (see cpu_target)."""
+    if target == "tensorrt":
+        return model
+    from qdq_toolkit.export.cpu_target import to_cpu_target
+
+    _say(progress, "rewriting for the ONNX Runtime CPU target")
+    return to_cpu_target(model, calibration_data, progress=progress)
+
+
+def _check_target(target: str, fp16: bool) -> None:
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
+    if target == "onnxruntime" and fp16:
+        raise ValueError("fp16 is for the TensorRT target; the ONNX Runtime CPU target runs integer kernels in uint8/int8")
 
 
 def _check_opset(opset: int) -> int:
@@ -107,8 +130,14 @@ def keras_to_onnx(
     fp16: bool = False,
     force: bool = False,
     progress: Progress | None = None,
+    target: str = "tensorrt",
+    calibration_data=None,
 ) -> ExportResult:
     """Export a (quantized or float) Keras model straight to ONNX.
+
+    ``target="onnxruntime"`` rewrites the TensorRT-target graph into the one ONNX Runtime's CPU execution provider
+    runs as integer kernels (:mod:`qdq_toolkit.export.cpu_target`); ``calibration_data`` (an array, or
+    ``{input name: array}``) supplies the ranges the TensorRT graph never needed.
 
     The ONNX inputs are named after the Keras inputs and have a dynamic batch dimension; the outputs are named
     after the Keras outputs. Returns an :class:`ExportResult` with the TensorRT placement violations found (an
@@ -134,13 +163,15 @@ def keras_to_onnx(
     check_has_inputs(model)
     path = check_output_path(output, force)
     _check_opset(opset)
+    _check_target(target, fp16)
     unobserved = unobserved_ranges(model)
     _warn_unobserved(unobserved)
     _say(progress, "tracing the Keras model")
     function, inputs, outputs = keras_serving_function(model)
     converted = finalize(convert_function(function, opset, progress), outputs, fp16)
-    result = _write(converted, path, opset, fp16, inputs, outputs, force, progress)
-    result.unobserved_ranges = unobserved
+    converted = _retarget(converted, target, calibration_data, progress)
+    result = _write(converted, path, opset, fp16, inputs, outputs, force, progress, check=target == "tensorrt")
+    result.unobserved_ranges, result.target = unobserved, target
     return result
 
 
@@ -153,20 +184,26 @@ def saved_model_to_onnx(
     signature: str = "serving_default",
     force: bool = False,
     progress: Progress | None = None,
+    target: str = "tensorrt",
+    calibration_data=None,
 ) -> ExportResult:
     """Convert a SavedModel (e.g. from :func:`export_saved_model` or ``model.export``) to ONNX.
+
+    ``target`` and ``calibration_data`` as for :func:`keras_to_onnx`.
 
     Activation ranges of a quantized model that no data ever set are reported as by :func:`keras_to_onnx`.
     """
     path = check_output_path(output, force)
     _check_opset(opset)
+    _check_target(target, fp16)
     _say(progress, f"loading SavedModel {saved_model_dir}")
     loaded, function, inputs, outputs = load_saved_model_function(Path(saved_model_dir), signature)
     unobserved = _unobserved_in_saved_model(loaded)
     _warn_unobserved(unobserved)
     converted = finalize(convert_function(function, opset, progress), outputs, fp16)
-    result = _write(converted, path, opset, fp16, inputs, outputs, force, progress)
-    result.unobserved_ranges = unobserved
+    converted = _retarget(converted, target, calibration_data, progress)
+    result = _write(converted, path, opset, fp16, inputs, outputs, force, progress, check=target == "tensorrt")
+    result.unobserved_ranges, result.target = unobserved, target
     return result
 
 
