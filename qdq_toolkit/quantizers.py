@@ -18,6 +18,11 @@ Op choices (checked on TF 2.19-2.21 and tf2onnx 1.17, see DESIGN.md):
 
 Every ``amax`` is floored at :data:`MIN_AMAX` so that scales stay > 0 (TensorRT rejects zero scales and tf2onnx
 aborts on an all-zero range), e.g. for a dead channel whose weights are all zero.
+
+Mixed precision: the QDQ arithmetic always runs in float32 (float64 stays float64). A float16 or bfloat16 tensor
+is cast to float32, quantized, and cast back, so a scale trained under ``mixed_float16`` / ``mixed_bfloat16`` means
+exactly what TensorRT's float32 Q/DQ computes -- and the CPU kernels of QuantizeAndDequantizeV3/V4 exist for float32
+and float64 only ("Registered kernels: ... T in [DT_DOUBLE] / [DT_FLOAT]").
 """
 
 from __future__ import annotations
@@ -92,13 +97,36 @@ class RangeTracking:
         )
 
 
-def qdq_per_tensor(x: tf.Tensor, amax: tf.Tensor) -> tf.Tensor:
+#: Dtypes the QDQ arithmetic runs in; any other float (float16, bfloat16) is computed in float32 and cast back.
+QDQ_DTYPES = (tf.float32, tf.float64)
+
+
+def arithmetic_dtype(dtype: tf.DType) -> tf.DType:
+    """The dtype the QDQ of a ``dtype`` tensor is computed in: float32 for float16/bfloat16, else ``dtype``."""
+    return dtype if dtype in QDQ_DTYPES else tf.float32
+
+
+def qdq_per_tensor(x: tf.Tensor, amax: tf.Tensor, training: bool = False) -> tf.Tensor:
     """Quantize-dequantize ``x`` with one symmetric range ``[-amax, amax]`` (activations).
 
-    ``x_q = clip(round_half_even(x / s), -127, 127) * s`` with ``s = amax / 127``. Gradient: clipped
-    straight-through (passes inside the range, zero outside).
+    ``x_q = clip(round_half_even(x / s), -127, 127) * s`` with ``s = amax / 127``, computed in float32 for a
+    float16/bfloat16 ``x`` (the result is cast back to ``x.dtype``). Gradient: clipped straight-through (passes
+    inside the range, zero outside).
+
+    Inference (and so every exported graph) is the bare ``QuantizeAndDequantizeV4`` op. With ``training`` the same
+    op runs under a :func:`tf.custom_gradient` that keeps a one-byte mask ``|x| <= amax`` for the backward pass
+    instead of the op's float input, which the registered ``QuantizeAndDequantizeV4Grad`` keeps (four bytes per
+    element, in float32) until the backward pass reaches it. The gradient is the same, element for element
+    (tested against the registered one).
     """
-    amax = tf.cast(tf.maximum(amax, MIN_AMAX), x.dtype)
+    dtype = arithmetic_dtype(x.dtype)
+    amax = tf.cast(tf.maximum(amax, MIN_AMAX), dtype)
+    if training:
+        return _qdq_activation_straight_through(x, amax, dtype)
+    return tf.cast(_qdq_v4(tf.cast(x, dtype), amax), x.dtype)
+
+
+def _qdq_v4(x: tf.Tensor, amax: tf.Tensor) -> tf.Tensor:
     return tf.quantization.quantize_and_dequantize_v2(
         x,
         -amax,
@@ -108,6 +136,21 @@ def qdq_per_tensor(x: tf.Tensor, amax: tf.Tensor) -> tf.Tensor:
         range_given=True,
         narrow_range=True,
     )
+
+
+def _qdq_activation_straight_through(x: tf.Tensor, amax: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
+    """V4's forward with V4's clipped straight-through gradient, computed from a boolean mask."""
+
+    @tf.custom_gradient
+    def straight_through(x):
+        inside = tf.abs(tf.cast(x, dtype)) <= amax  # what QuantizeAndDequantizeV4Grad passes: min <= x <= max
+
+        def grad(upstream):
+            return tf.where(inside, upstream, tf.zeros((), upstream.dtype))
+
+        return tf.cast(_qdq_v4(tf.cast(x, dtype), amax), x.dtype), grad
+
+    return straight_through(x)
 
 
 def per_channel_amax(kernel: tf.Tensor, axis: int) -> tf.Tensor:
@@ -132,7 +175,12 @@ def qdq_per_channel(kernel: tf.Tensor, axis: int, training: bool = False, fused=
     what the V3 kernel computes, bit for bit (tested) -- fused by XLA, with V3's pass-through gradient. ``fused`` is
     the XLA function to use (:func:`fused_weight_qdq_function`; a wrapper keeps one per kernel so that it is traced
     once for that kernel's shape); a new one is made when it is not given.
+
+    A float16/bfloat16 kernel is quantized in float32 and the result cast back (pass the float32 variable and cast
+    the result yourself to keep the float32 ranges exact: that is what the wrappers do under a mixed policy).
     """
+    if kernel.dtype not in QDQ_DTYPES:
+        return tf.cast(qdq_per_channel(tf.cast(kernel, tf.float32), axis, training, fused), kernel.dtype)
     axis = axis % kernel.shape.rank
     if training:
         return _qdq_weights_straight_through(kernel, axis, fused or fused_weight_qdq_function())
@@ -217,7 +265,7 @@ def qdq_tracked(x: tf.Tensor, amax_var, steps_var, tracking: RangeTracking) -> t
         used = previous  # calibrated or trained before: no first-step branch in the traced graph
     else:
         used = tf.cond(steps > 0, lambda: previous, lambda: observed)
-    return qdq_per_tensor(x, used)
+    return qdq_per_tensor(x, used, training=True)
 
 
 def _observed_when_traced(steps_var) -> bool:

@@ -21,6 +21,14 @@ from keras import ops
 from qdq_toolkit import quantizers
 from qdq_toolkit.quantizers import RangeTracking
 
+
+def _no_autocast():
+    """A scope in which Keras variables read as their own dtype (float32), not the mixed policy's compute dtype."""
+    from keras.src.backend import AutocastScope  # no public name; Layer.__call__ uses this same scope
+
+    return AutocastScope(None)
+
+
 #: Signature of a calibration observer: ``observer(wrapper, slot_name, tensor)``.
 Observer = Callable[["QDQWrapper", str, object], None]
 
@@ -59,6 +67,9 @@ class QDQWrapper(keras.layers.Wrapper):
         **kwargs,
     ):
         kwargs.setdefault("name", f"quant_{layer.name}")
+        # The wrapper computes in the wrapped layer's precision (a mixed policy included), whatever the global
+        # policy is when quantize_model runs.
+        kwargs.setdefault("dtype", layer.dtype_policy)
         super().__init__(layer, **kwargs)
         self.quantize_inputs = tuple(sorted({int(i) for i in quantize_inputs}))
         self.quantize_weights = bool(quantize_weights) and bool(self.kernel_axes)
@@ -152,10 +163,15 @@ class QDQWrapper(keras.layers.Wrapper):
         amax_var, steps_var = self._ranges[slot]
         if training and self.activation_range.method != "fixed":
             return quantizers.qdq_tracked(x, amax_var, steps_var, self.activation_range)
-        return quantizers.qdq_per_tensor(x, amax_var)
+        return quantizers.qdq_per_tensor(x, amax_var, training=bool(training))
 
     def quantized_kernel(self, name: str, training=None):
-        """The kernel attribute ``name`` of the wrapped layer, with per-channel QDQ when weights are quantized."""
+        """The kernel attribute ``name`` of the wrapped layer, with per-channel QDQ when weights are quantized.
+
+        Under a mixed-precision policy the QDQ reads the float32 variable (not its autocast float16/bfloat16 copy),
+        so the per-channel ranges are those of the float32 weights the exporter sees, and the result is cast to the
+        layer's compute dtype.
+        """
         kernel = getattr(self.layer, name)
         if not self.quantize_weights or self._observer is not None:
             return kernel
@@ -164,7 +180,12 @@ class QDQWrapper(keras.layers.Wrapper):
             fused = self._fused_weight_qdq.get(name)
             if fused is None:
                 fused = self._fused_weight_qdq[name] = quantizers.fused_weight_qdq_function()
-        return quantizers.qdq_per_channel(kernel, self.kernel_axes[name], training=bool(training), fused=fused)
+        compute_dtype = self.layer.compute_dtype
+        if compute_dtype != kernel.dtype:
+            with _no_autocast():  # keras.src.layers.layer: a Layer opens AutocastScope(None) to read raw variables
+                kernel = keras.ops.convert_to_tensor(kernel)
+        quantized = quantizers.qdq_per_channel(kernel, self.kernel_axes[name], training=bool(training), fused=fused)
+        return ops.cast(quantized, compute_dtype)
 
     def call(self, inputs, training=None, **kwargs):
         if self.multi_input:
