@@ -255,6 +255,11 @@ def qdq_tracked(x: tf.Tensor, amax_var, steps_var, tracking: RangeTracking) -> t
     never observed nor calibrated quantizes with its own (global) batch's max. The stored ranges, and so the exported
     scales, are the same either way: after step ``t`` they summarise batches ``1..t``.
     """
+    return qdq_per_tensor(x, tracked_range(x, amax_var, steps_var, tracking), training=True)
+
+
+def tracked_range(x: tf.Tensor, amax_var, steps_var, tracking: RangeTracking) -> tf.Tensor:
+    """The range a training step quantizes ``x`` with (see :func:`qdq_tracked`); updates the variables."""
     observed_before = _observed_when_traced(steps_var)  # read before this step's update, also when eager
     previous = tf.convert_to_tensor(amax_var)
     steps = tf.convert_to_tensor(steps_var)
@@ -262,10 +267,8 @@ def qdq_tracked(x: tf.Tensor, amax_var, steps_var, tracking: RangeTracking) -> t
     amax_var.assign(updated_amax(previous, steps, observed, tracking))
     steps_var.assign(steps + 1.0)
     if observed_before:
-        used = previous  # calibrated or trained before: no first-step branch in the traced graph
-    else:
-        used = tf.cond(steps > 0, lambda: previous, lambda: observed)
-    return qdq_per_tensor(x, used, training=True)
+        return previous  # calibrated or trained before: no first-step branch in the traced graph
+    return tf.cond(steps > 0, lambda: previous, lambda: observed)
 
 
 def _observed_when_traced(steps_var) -> bool:

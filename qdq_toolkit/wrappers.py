@@ -13,9 +13,10 @@ Each wrapper's docstring states the TensorRT rule behind its placement. To suppo
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from types import MappingProxyType
+from types import MappingProxyType, SimpleNamespace
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 from qdq_toolkit import quantizers
@@ -57,6 +58,10 @@ class QDQWrapper(keras.layers.Wrapper):
     default_quantize_weight: bool = False
     multi_input: bool = False
     kernel_axes: Mapping[str, int] = MappingProxyType({})
+    #: Training memory: ``quantized_call`` is a pure function of the quantized input and kernels (no range of its
+    #: own, no state updates), so the backward pass may recompute the quantized input and kernels from the float
+    #: ones instead of keeping them (see :meth:`call`). Set on the built-in single-input weighted wrappers.
+    recompute_quantized_in_backward: bool = False
 
     def __init__(
         self,
@@ -76,6 +81,9 @@ class QDQWrapper(keras.layers.Wrapper):
         self.activation_range = RangeTracking.from_config(activation_range)
         self._observer: Observer | None = None
         self._fused_weight_qdq: dict = {}
+        # Float kernels given by the recomputing call path, by attribute name (a plain namespace: Keras would track
+        # a dict attribute as layer state).
+        self._kernel_values = SimpleNamespace(by_name={})
         for index in self.quantize_inputs:
             if index < 0 or (not self.multi_input and index != 0):
                 raise ValueError(
@@ -172,7 +180,9 @@ class QDQWrapper(keras.layers.Wrapper):
         so the per-channel ranges are those of the float32 weights the exporter sees, and the result is cast to the
         layer's compute dtype.
         """
-        kernel = getattr(self.layer, name)
+        kernel = self._kernel_values.by_name.get(name)
+        if kernel is None:
+            kernel = getattr(self.layer, name)
         if not self.quantize_weights or self._observer is not None:
             return kernel
         fused = None
@@ -181,13 +191,19 @@ class QDQWrapper(keras.layers.Wrapper):
             if fused is None:
                 fused = self._fused_weight_qdq[name] = quantizers.fused_weight_qdq_function()
         compute_dtype = self.layer.compute_dtype
-        if compute_dtype != kernel.dtype:
-            with _no_autocast():  # keras.src.layers.layer: a Layer opens AutocastScope(None) to read raw variables
-                kernel = keras.ops.convert_to_tensor(kernel)
+        kernel = self._float_kernel(kernel)  # a tensor (the QDQ's custom gradients take no variables), float32
         quantized = quantizers.qdq_per_channel(kernel, self.kernel_axes[name], training=bool(training), fused=fused)
         return ops.cast(quantized, compute_dtype)
 
+    @staticmethod
+    def _float_kernel(kernel):
+        """The variable's own (float32) value, not the mixed policy's autocast copy."""
+        with _no_autocast():  # keras.src.layers.layer: a Layer opens AutocastScope(None) to read raw variables
+            return tf.convert_to_tensor(kernel)
+
     def call(self, inputs, training=None, **kwargs):
+        if training and not kwargs and self._recomputes_in_backward():
+            return self._call_recomputing_quantized(inputs)
         if self.multi_input:
             inputs = list(inputs)
             for index in self.quantize_inputs:
@@ -195,6 +211,67 @@ class QDQWrapper(keras.layers.Wrapper):
         elif self.quantize_inputs:
             inputs = self.quantize_activation("input", inputs, training)
         return self.quantized_call(inputs, training, **kwargs)
+
+    def _recomputes_in_backward(self) -> bool:
+        return (
+            self.recompute_quantized_in_backward
+            and self._observer is None
+            and self.quantize_weights
+            and not self.multi_input
+            and self.quantize_inputs == (0,)
+            and self.range_slots() == ["input"]
+            # an epilogue activation's gradient reads the main op's output: recomputing it would redo the op
+            and getattr(self.layer, "activation", None) in (None, keras.activations.linear)
+        )
+
+    def _call_recomputing_quantized(self, x):
+        """A training call that keeps only the float input and kernels for the backward pass.
+
+        The forward is :meth:`call`'s: QDQ of the input with its tracked range (updated here, once), QDQ of the
+        kernels, :meth:`quantized_call`. The backward recomputes the two QDQs -- element-wise, cheap -- and
+        differentiates :meth:`quantized_call` on them, so neither the fake-quantized input (which the
+        convolution's filter gradient would keep) nor the fake-quantized kernels (which its input gradient would
+        keep) stay in memory between the passes; the main op's own recomputed forward is pruned from the graph
+        when nothing in the backward reads it (a convolution or matmul followed by a bias and a linear or ReLU-free
+        epilogue). The gradients are those of :meth:`call` (tested).
+        """
+        amax_var, steps_var = self._ranges["input"]
+        if self.activation_range.method == "fixed":
+            used = ops.convert_to_tensor(amax_var)
+        else:
+            used = quantizers.tracked_range(x, amax_var, steps_var, self.activation_range)
+        names = list(self.kernel_axes)
+        kernels = [self._float_kernel(getattr(self.layer, name)) for name in names]
+
+        def forward(x, *kernels):
+            self._kernel_values.by_name = dict(zip(names, kernels, strict=True))
+            try:
+                return self.quantized_call(quantizers.qdq_per_tensor(x, used, training=True), True)
+            finally:
+                self._kernel_values.by_name = {}
+
+        @tf.custom_gradient
+        def recomputing(x, *kernels):
+            def grad(upstream, variables=None):
+                variables = list(variables or [])
+                # Copies that depend on the upstream gradient: without that, grappler's common-subexpression
+                # elimination merges the recomputed QDQs with the forward ones, which then stay alive (as
+                # tf.recompute_grad does it).
+                with tf.control_dependencies([upstream]):
+                    x_again = tf.identity(x)
+                    kernels_again = [tf.identity(kernel) for kernel in kernels]
+                with tf.GradientTape() as tape:
+                    tape.watch([x_again, *kernels_again])
+                    outputs = forward(x_again, *kernels_again)
+                gradients = tape.gradient(
+                    outputs, [x_again, *kernels_again, *variables], output_gradients=upstream
+                )
+                count = 1 + len(kernels)
+                return gradients[:count], gradients[count:]
+
+            return forward(x, *kernels), grad
+
+        return recomputing(x, *kernels)
 
     def quantized_call(self, inputs, training=None, **kwargs):
         """Compute the layer on already-quantized inputs. Input-only wrappers just call the wrapped layer.
@@ -246,6 +323,7 @@ class ConvQDQWrapper(QDQWrapper):
     default_quantize_input = True
     default_quantize_weight = True
     kernel_axes = MappingProxyType({"kernel": -1})
+    recompute_quantized_in_backward = True
 
     def quantized_call(self, inputs, training=None, **kwargs):
         kernel = self.quantized_kernel("kernel", training)
@@ -276,6 +354,7 @@ class DenseQDQWrapper(QDQWrapper):
     default_quantize_input = True
     default_quantize_weight = True
     kernel_axes = MappingProxyType({"kernel": -1})
+    recompute_quantized_in_backward = True
 
     def quantized_call(self, inputs, training=None, **kwargs):
         outputs = ops.matmul(inputs, self.quantized_kernel("kernel", training))
@@ -295,6 +374,7 @@ class DepthwiseConvQDQWrapper(QDQWrapper):
     default_quantize_input = True
     default_quantize_weight = True
     kernel_axes = MappingProxyType({"kernel": -2})
+    recompute_quantized_in_backward = True
 
     def quantized_call(self, inputs, training=None, **kwargs):
         layer = self.layer
@@ -364,6 +444,7 @@ class ConvTransposeQDQWrapper(QDQWrapper):
     default_quantize_input = True
     default_quantize_weight = True
     kernel_axes = MappingProxyType({"kernel": -2})
+    recompute_quantized_in_backward = True
 
     def quantized_call(self, inputs, training=None, **kwargs):
         layer = self.layer
