@@ -8,7 +8,7 @@
 ``--baseline DIR`` also measures the peaks of another checkout of the toolkit (e.g. the main branch), in the same
 alternation, to show the change side by side.
 
-    python -m bench.memory [--quick] [--force] [--baseline DIR] [--json bench/memory.json]
+    python -m bench.memory [--quick] [--force] [--memory-rounds N] [--baseline DIR] [--json bench/memory.json]
 """
 
 from __future__ import annotations
@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run, not for the record)")
     parser.add_argument("--json", default=str(ROOT / "bench" / "memory.json"), help="where the raw numbers go")
     parser.add_argument("--baseline", type=Path, help="another checkout to measure the peaks of, side by side")
+    parser.add_argument("--memory-rounds", type=int, help="fit processes per kind (default 3, --quick 1)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing --json file")
     args = parser.parse_args(argv)
     raw = Path(args.json)
@@ -113,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.run import _shown, bench_train_step, machine
 
     memory_rounds, step_rounds, steps = (1, 2, 2) if args.quick else (3, 7, 5)
+    memory_rounds = args.memory_rounds or memory_rounds
     results: dict = {"memory": bench_peaks(memory_rounds, args.baseline)}
     if args.baseline is not None:
         results["baseline"] = str(args.baseline)
@@ -120,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     results["train_step"] = bench_train_step(step_rounds, steps)
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     command = "python -m bench.memory" + (" --quick" if args.quick else "")
+    if args.memory_rounds:
+        command += f" --memory-rounds {args.memory_rounds}"
     if args.baseline is not None:
         command += f" --baseline {args.baseline}"
     from qdq_toolkit._files import write_atomically

@@ -143,7 +143,8 @@ def _qdq_activation_straight_through(x: tf.Tensor, amax: tf.Tensor, dtype: tf.DT
 
     @tf.custom_gradient
     def straight_through(x):
-        inside = tf.abs(tf.cast(x, dtype)) <= amax  # what QuantizeAndDequantizeV4Grad passes: min <= x <= max
+        wide = tf.cast(x, dtype)
+        inside = tf.logical_and(wide >= -amax, wide <= amax)  # what QuantizeAndDequantizeV4Grad passes
 
         def grad(upstream):
             return tf.where(inside, upstream, tf.zeros((), upstream.dtype))
@@ -232,8 +233,8 @@ def _qdq_weights_straight_through(kernel: tf.Tensor, axis: int, fused) -> tf.Ten
 
 
 def local_amax(x: tf.Tensor) -> tf.Tensor:
-    """``max |x|`` of this replica's batch as float32."""
-    return tf.cast(tf.reduce_max(tf.abs(x)), tf.float32)
+    """``max |x|`` of this replica's batch as float32 (``max(max x, -min x)``: no ``|x|`` tensor is materialised)."""
+    return tf.cast(tf.maximum(tf.reduce_max(x), -tf.reduce_min(x)), tf.float32)
 
 
 def batch_amax(x: tf.Tensor) -> tf.Tensor:
