@@ -9,7 +9,9 @@ Op choices (checked on TF 2.19-2.21 and tf2onnx 1.17, see DESIGN.md):
 * Activations use ``QuantizeAndDequantizeV4`` (``tf.quantization.quantize_and_dequantize_v2``) with a scalar
   range. Its registered gradient is the *clipped* straight-through estimator: the incoming gradient passes where
   ``-amax <= x <= amax`` and is zero outside, which is the estimator TensorRT's own QAT recipes use for
-  activations (values clipped by the quantizer do not learn from a gradient they did not produce).
+  activations (values clipped by the quantizer do not learn from a gradient they did not produce). Training steps
+  compute that same gradient from a one-byte mask under a ``tf.custom_gradient`` (:func:`qdq_per_tensor`), so the
+  backward pass does not keep the op's float input alive.
 * Weights use ``QuantizeAndDequantizeV3`` with vector ranges and an ``axis``: V4 rejects vector ranges at run time
   on CPU ("input_min must be a scalar"). V3's registered gradient is a plain pass-through. Because the weight range
   is ``max |w|`` of each channel, no weight is ever outside it, so plain and clipped straight-through coincide and
