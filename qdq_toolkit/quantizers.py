@@ -9,7 +9,9 @@ Op choices (checked on TF 2.19-2.21 and tf2onnx 1.17, see DESIGN.md):
 * Activations use ``QuantizeAndDequantizeV4`` (``tf.quantization.quantize_and_dequantize_v2``) with a scalar
   range. Its registered gradient is the *clipped* straight-through estimator: the incoming gradient passes where
   ``-amax <= x <= amax`` and is zero outside, which is the estimator TensorRT's own QAT recipes use for
-  activations (values clipped by the quantizer do not learn from a gradient they did not produce).
+  activations (values clipped by the quantizer do not learn from a gradient they did not produce). Training steps
+  compute that same gradient from a one-byte mask under a ``tf.custom_gradient`` (:func:`qdq_per_tensor`), so the
+  backward pass does not keep the op's float input alive.
 * Weights use ``QuantizeAndDequantizeV3`` with vector ranges and an ``axis``: V4 rejects vector ranges at run time
   on CPU ("input_min must be a scalar"). V3's registered gradient is a plain pass-through. Because the weight range
   is ``max |w|`` of each channel, no weight is ever outside it, so plain and clipped straight-through coincide and
@@ -18,6 +20,11 @@ Op choices (checked on TF 2.19-2.21 and tf2onnx 1.17, see DESIGN.md):
 
 Every ``amax`` is floored at :data:`MIN_AMAX` so that scales stay > 0 (TensorRT rejects zero scales and tf2onnx
 aborts on an all-zero range), e.g. for a dead channel whose weights are all zero.
+
+Mixed precision: the QDQ arithmetic always runs in float32 (float64 stays float64). A float16 or bfloat16 tensor
+is cast to float32, quantized, and cast back, so a scale trained under ``mixed_float16`` / ``mixed_bfloat16`` means
+exactly what TensorRT's float32 Q/DQ computes -- and the CPU kernels of QuantizeAndDequantizeV3/V4 exist for float32
+and float64 only ("Registered kernels: ... T in [DT_DOUBLE] / [DT_FLOAT]").
 """
 
 from __future__ import annotations
@@ -92,13 +99,36 @@ class RangeTracking:
         )
 
 
-def qdq_per_tensor(x: tf.Tensor, amax: tf.Tensor) -> tf.Tensor:
+#: Dtypes the QDQ arithmetic runs in; any other float (float16, bfloat16) is computed in float32 and cast back.
+QDQ_DTYPES = (tf.float32, tf.float64)
+
+
+def arithmetic_dtype(dtype: tf.DType) -> tf.DType:
+    """The dtype the QDQ of a ``dtype`` tensor is computed in: float32 for float16/bfloat16, else ``dtype``."""
+    return dtype if dtype in QDQ_DTYPES else tf.float32
+
+
+def qdq_per_tensor(x: tf.Tensor, amax: tf.Tensor, training: bool = False) -> tf.Tensor:
     """Quantize-dequantize ``x`` with one symmetric range ``[-amax, amax]`` (activations).
 
-    ``x_q = clip(round_half_even(x / s), -127, 127) * s`` with ``s = amax / 127``. Gradient: clipped
-    straight-through (passes inside the range, zero outside).
+    ``x_q = clip(round_half_even(x / s), -127, 127) * s`` with ``s = amax / 127``, computed in float32 for a
+    float16/bfloat16 ``x`` (the result is cast back to ``x.dtype``). Gradient: clipped straight-through (passes
+    inside the range, zero outside).
+
+    Inference (and so every exported graph) is the bare ``QuantizeAndDequantizeV4`` op. With ``training`` the same
+    op runs under a :func:`tf.custom_gradient` that keeps a one-byte mask ``|x| <= amax`` for the backward pass
+    instead of the op's float input, which the registered ``QuantizeAndDequantizeV4Grad`` keeps (four bytes per
+    element, in float32) until the backward pass reaches it. The gradient is the same, element for element
+    (tested against the registered one).
     """
-    amax = tf.cast(tf.maximum(amax, MIN_AMAX), x.dtype)
+    dtype = arithmetic_dtype(x.dtype)
+    amax = tf.cast(tf.maximum(amax, MIN_AMAX), dtype)
+    if training:
+        return _qdq_activation_straight_through(x, amax, dtype)
+    return tf.cast(_qdq_v4(tf.cast(x, dtype), amax), x.dtype)
+
+
+def _qdq_v4(x: tf.Tensor, amax: tf.Tensor) -> tf.Tensor:
     return tf.quantization.quantize_and_dequantize_v2(
         x,
         -amax,
@@ -108,6 +138,22 @@ def qdq_per_tensor(x: tf.Tensor, amax: tf.Tensor) -> tf.Tensor:
         range_given=True,
         narrow_range=True,
     )
+
+
+def _qdq_activation_straight_through(x: tf.Tensor, amax: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
+    """V4's forward with V4's clipped straight-through gradient, computed from a boolean mask."""
+
+    @tf.custom_gradient
+    def straight_through(x):
+        wide = tf.cast(x, dtype)
+        inside = tf.logical_and(wide >= -amax, wide <= amax)  # what QuantizeAndDequantizeV4Grad passes
+
+        def grad(upstream):
+            return tf.where(inside, upstream, tf.zeros((), upstream.dtype))
+
+        return tf.cast(_qdq_v4(tf.cast(x, dtype), amax), x.dtype), grad
+
+    return straight_through(x)
 
 
 def per_channel_amax(kernel: tf.Tensor, axis: int) -> tf.Tensor:
@@ -132,7 +178,12 @@ def qdq_per_channel(kernel: tf.Tensor, axis: int, training: bool = False, fused=
     what the V3 kernel computes, bit for bit (tested) -- fused by XLA, with V3's pass-through gradient. ``fused`` is
     the XLA function to use (:func:`fused_weight_qdq_function`; a wrapper keeps one per kernel so that it is traced
     once for that kernel's shape); a new one is made when it is not given.
+
+    A float16/bfloat16 kernel is quantized in float32 and the result cast back (pass the float32 variable and cast
+    the result yourself to keep the float32 ranges exact: that is what the wrappers do under a mixed policy).
     """
+    if kernel.dtype not in QDQ_DTYPES:
+        return tf.cast(qdq_per_channel(tf.cast(kernel, tf.float32), axis, training, fused), kernel.dtype)
     axis = axis % kernel.shape.rank
     if training:
         return _qdq_weights_straight_through(kernel, axis, fused or fused_weight_qdq_function())
@@ -184,8 +235,8 @@ def _qdq_weights_straight_through(kernel: tf.Tensor, axis: int, fused) -> tf.Ten
 
 
 def local_amax(x: tf.Tensor) -> tf.Tensor:
-    """``max |x|`` of this replica's batch as float32."""
-    return tf.cast(tf.reduce_max(tf.abs(x)), tf.float32)
+    """``max |x|`` of this replica's batch as float32 (``max(max x, -min x)``: no ``|x|`` tensor is materialised)."""
+    return tf.cast(tf.maximum(tf.reduce_max(x), -tf.reduce_min(x)), tf.float32)
 
 
 def batch_amax(x: tf.Tensor) -> tf.Tensor:
@@ -207,6 +258,11 @@ def qdq_tracked(x: tf.Tensor, amax_var, steps_var, tracking: RangeTracking) -> t
     never observed nor calibrated quantizes with its own (global) batch's max. The stored ranges, and so the exported
     scales, are the same either way: after step ``t`` they summarise batches ``1..t``.
     """
+    return qdq_per_tensor(x, tracked_range(x, amax_var, steps_var, tracking), training=True)
+
+
+def tracked_range(x: tf.Tensor, amax_var, steps_var, tracking: RangeTracking) -> tf.Tensor:
+    """The range a training step quantizes ``x`` with (see :func:`qdq_tracked`); updates the variables."""
     observed_before = _observed_when_traced(steps_var)  # read before this step's update, also when eager
     previous = tf.convert_to_tensor(amax_var)
     steps = tf.convert_to_tensor(steps_var)
@@ -214,10 +270,8 @@ def qdq_tracked(x: tf.Tensor, amax_var, steps_var, tracking: RangeTracking) -> t
     amax_var.assign(updated_amax(previous, steps, observed, tracking))
     steps_var.assign(steps + 1.0)
     if observed_before:
-        used = previous  # calibrated or trained before: no first-step branch in the traced graph
-    else:
-        used = tf.cond(steps > 0, lambda: previous, lambda: observed)
-    return qdq_per_tensor(x, used)
+        return previous  # calibrated or trained before: no first-step branch in the traced graph
+    return tf.cond(steps > 0, lambda: previous, lambda: observed)
 
 
 def _observed_when_traced(steps_var) -> bool:

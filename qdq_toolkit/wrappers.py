@@ -14,9 +14,10 @@ ONNX weight axes, fusions) are declared once in :mod:`qdq_toolkit.tensorrt_rules
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from types import MappingProxyType
+from types import MappingProxyType, SimpleNamespace
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 from qdq_toolkit import quantizers
@@ -28,6 +29,14 @@ from qdq_toolkit.range_variables import (
     input_slot,
     steps_variable_name,
 )
+
+
+def _no_autocast():
+    """A scope in which Keras variables read as their own dtype (float32), not the mixed policy's compute dtype."""
+    from keras.src.backend import AutocastScope  # no public name; Layer.__call__ uses this same scope
+
+    return AutocastScope(None)
+
 
 #: Signature of a calibration observer: ``observer(wrapper, slot_name, tensor)``.
 Observer = Callable[["QDQWrapper", str, object], None]
@@ -57,6 +66,10 @@ class QDQWrapper(keras.layers.Wrapper):
     default_quantize_weight: bool = False
     multi_input: bool = False
     kernel_axes: Mapping[str, int] = MappingProxyType({})
+    #: Training memory: ``quantized_call`` is a pure function of the quantized input and kernels (no range of its
+    #: own, no state updates), so the backward pass may recompute the quantized input and kernels from the float
+    #: ones instead of keeping them (see :meth:`call`). Set on the built-in single-input weighted wrappers.
+    recompute_quantized_in_backward: bool = False
 
     def __init__(
         self,
@@ -67,12 +80,18 @@ class QDQWrapper(keras.layers.Wrapper):
         **kwargs,
     ):
         kwargs.setdefault("name", f"quant_{layer.name}")
+        # The wrapper computes in the wrapped layer's precision (a mixed policy included), whatever the global
+        # policy is when quantize_model runs.
+        kwargs.setdefault("dtype", layer.dtype_policy)
         super().__init__(layer, **kwargs)
         self.quantize_inputs = tuple(sorted({int(i) for i in quantize_inputs}))
         self.quantize_weights = bool(quantize_weights) and bool(self.kernel_axes)
         self.activation_range = RangeTracking.from_config(activation_range)
         self._observer: Observer | None = None
         self._fused_weight_qdq: dict = {}
+        # Float kernels given by the recomputing call path, by attribute name (a plain namespace: Keras would track
+        # a dict attribute as layer state).
+        self._kernel_values = SimpleNamespace(by_name={})
         for index in self.quantize_inputs:
             if index < 0 or (not self.multi_input and index != 0):
                 raise ValueError(
@@ -161,11 +180,18 @@ class QDQWrapper(keras.layers.Wrapper):
         amax_var, steps_var = self._ranges[slot]
         if training and self.activation_range.method != "fixed":
             return quantizers.qdq_tracked(x, amax_var, steps_var, self.activation_range)
-        return quantizers.qdq_per_tensor(x, amax_var)
+        return quantizers.qdq_per_tensor(x, amax_var, training=bool(training))
 
     def quantized_kernel(self, name: str, training=None):
-        """The kernel attribute ``name`` of the wrapped layer, with per-channel QDQ when weights are quantized."""
-        kernel = getattr(self.layer, name)
+        """The kernel attribute ``name`` of the wrapped layer, with per-channel QDQ when weights are quantized.
+
+        Under a mixed-precision policy the QDQ reads the float32 variable (not its autocast float16/bfloat16 copy),
+        so the per-channel ranges are those of the float32 weights the exporter sees, and the result is cast to the
+        layer's compute dtype.
+        """
+        kernel = self._kernel_values.by_name.get(name)
+        if kernel is None:
+            kernel = getattr(self.layer, name)
         if not self.quantize_weights or self._observer is not None:
             return kernel
         fused = None
@@ -173,9 +199,20 @@ class QDQWrapper(keras.layers.Wrapper):
             fused = self._fused_weight_qdq.get(name)
             if fused is None:
                 fused = self._fused_weight_qdq[name] = quantizers.fused_weight_qdq_function()
-        return quantizers.qdq_per_channel(kernel, self.kernel_axes[name], training=bool(training), fused=fused)
+        compute_dtype = self.layer.compute_dtype
+        kernel = self._float_kernel(kernel)  # a tensor (the QDQ's custom gradients take no variables), float32
+        quantized = quantizers.qdq_per_channel(kernel, self.kernel_axes[name], training=bool(training), fused=fused)
+        return ops.cast(quantized, compute_dtype)
+
+    @staticmethod
+    def _float_kernel(kernel):
+        """The variable's own (float32) value, not the mixed policy's autocast copy."""
+        with _no_autocast():  # keras.src.layers.layer: a Layer opens AutocastScope(None) to read raw variables
+            return tf.convert_to_tensor(kernel)
 
     def call(self, inputs, training=None, **kwargs):
+        if training and not kwargs and self._recomputes_in_backward():
+            return self._call_recomputing_quantized(inputs)
         if self.multi_input:
             inputs = list(inputs)
             for index in self.quantize_inputs:
@@ -183,6 +220,67 @@ class QDQWrapper(keras.layers.Wrapper):
         elif self.quantize_inputs:
             inputs = self.quantize_activation(INPUT_SLOT, inputs, training)
         return self.quantized_call(inputs, training, **kwargs)
+
+    def _recomputes_in_backward(self) -> bool:
+        return (
+            self.recompute_quantized_in_backward
+            and self._observer is None
+            and self.quantize_weights
+            and not self.multi_input
+            and self.quantize_inputs == (0,)
+            and self.range_slots() == [INPUT_SLOT]
+            # an epilogue activation's gradient reads the main op's output: recomputing it would redo the op
+            and getattr(self.layer, "activation", None) in (None, keras.activations.linear)
+        )
+
+    def _call_recomputing_quantized(self, x):
+        """A training call that keeps only the float input and kernels for the backward pass.
+
+        The forward is :meth:`call`'s: QDQ of the input with its tracked range (updated here, once), QDQ of the
+        kernels, :meth:`quantized_call`. The backward recomputes the two QDQs -- element-wise, cheap -- and
+        differentiates :meth:`quantized_call` on them, so neither the fake-quantized input (which the
+        convolution's filter gradient would keep) nor the fake-quantized kernels (which its input gradient would
+        keep) stay in memory between the passes; the main op's own recomputed forward is pruned from the graph
+        when nothing in the backward reads it (a convolution or matmul followed by a bias and a linear or ReLU-free
+        epilogue). The gradients are those of :meth:`call` (tested).
+        """
+        amax_var, steps_var = self._ranges[INPUT_SLOT]
+        if self.activation_range.method == "fixed":
+            used = ops.convert_to_tensor(amax_var)
+        else:
+            used = quantizers.tracked_range(x, amax_var, steps_var, self.activation_range)
+        names = list(self.kernel_axes)
+        kernels = [self._float_kernel(getattr(self.layer, name)) for name in names]
+
+        def forward(x, *kernels):
+            self._kernel_values.by_name = dict(zip(names, kernels, strict=True))
+            try:
+                return self.quantized_call(quantizers.qdq_per_tensor(x, used, training=True), True)
+            finally:
+                self._kernel_values.by_name = {}
+
+        @tf.custom_gradient
+        def recomputing(x, *kernels):
+            def grad(upstream, variables=None):
+                variables = list(variables or [])
+                # Copies that depend on the upstream gradient: without that, grappler's common-subexpression
+                # elimination merges the recomputed QDQs with the forward ones, which then stay alive (as
+                # tf.recompute_grad does it).
+                with tf.control_dependencies([upstream]):
+                    x_again = tf.identity(x)
+                    kernels_again = [tf.identity(kernel) for kernel in kernels]
+                with tf.GradientTape() as tape:
+                    tape.watch([x_again, *kernels_again])
+                    outputs = forward(x_again, *kernels_again)
+                gradients = tape.gradient(
+                    outputs, [x_again, *kernels_again, *variables], output_gradients=upstream
+                )
+                count = 1 + len(kernels)
+                return gradients[:count], gradients[count:]
+
+            return forward(x, *kernels), grad
+
+        return recomputing(x, *kernels)
 
     def quantized_call(self, inputs, training=None, **kwargs):
         """Compute the layer on already-quantized inputs. Input-only wrappers just call the wrapped layer.
@@ -234,6 +332,7 @@ class ConvQDQWrapper(QDQWrapper):
     default_quantize_input = True
     default_quantize_weight = True
     kernel_axes = MappingProxyType({"kernel": -1})
+    recompute_quantized_in_backward = True
 
     def quantized_call(self, inputs, training=None, **kwargs):
         kernel = self.quantized_kernel("kernel", training)
@@ -264,6 +363,7 @@ class DenseQDQWrapper(QDQWrapper):
     default_quantize_input = True
     default_quantize_weight = True
     kernel_axes = MappingProxyType({"kernel": -1})
+    recompute_quantized_in_backward = True
 
     def quantized_call(self, inputs, training=None, **kwargs):
         outputs = ops.matmul(inputs, self.quantized_kernel("kernel", training))
@@ -283,6 +383,7 @@ class DepthwiseConvQDQWrapper(QDQWrapper):
     default_quantize_input = True
     default_quantize_weight = True
     kernel_axes = MappingProxyType({"kernel": -2})
+    recompute_quantized_in_backward = True
 
     def quantized_call(self, inputs, training=None, **kwargs):
         layer = self.layer
@@ -352,6 +453,7 @@ class ConvTransposeQDQWrapper(QDQWrapper):
     default_quantize_input = True
     default_quantize_weight = True
     kernel_axes = MappingProxyType({"kernel": -2})
+    recompute_quantized_in_backward = True
 
     def quantized_call(self, inputs, training=None, **kwargs):
         layer = self.layer

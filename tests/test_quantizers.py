@@ -134,3 +134,38 @@ def test_training_quantizes_with_the_range_so_far_then_updates_it():
     np.testing.assert_allclose(step(wide).numpy(), reference_qdq(wide.numpy(), 3.0), atol=1e-6)
     # ...and the stored range includes this step's batch
     assert float(amax.numpy()) == 5.0 and float(steps.numpy()) == 2.0
+
+
+def test_training_activation_path_matches_the_registered_v4_op_and_its_gradient():
+    """The training QDQ keeps a boolean mask instead of its float input: same values, same gradient as V4's."""
+    rng = np.random.default_rng(6)
+    x = rng.normal(0, 2, size=(64, 33)).astype(np.float32)
+    x[0, :4] = [3.0, -3.0, 3.0000002, -2.9999998]  # on and just beyond the range's edges
+    upstream = tf.constant(rng.normal(size=x.shape).astype(np.float32))
+    results = []
+    for training in (False, True):
+        variable = tf.Variable(x)
+        with tf.GradientTape() as tape:
+            y = quantizers.qdq_per_tensor(variable, tf.constant(3.0), training=training)
+            loss = tf.reduce_sum(y * upstream)
+        results.append((y.numpy(), tape.gradient(loss, variable).numpy()))
+    np.testing.assert_array_equal(results[1][0], results[0][0])
+    np.testing.assert_array_equal(results[1][1], results[0][1])
+    assert (results[1][1] == 0).any() and (results[1][1] != 0).any()
+
+
+@pytest.mark.parametrize("dtype", [tf.bfloat16, tf.float16])
+def test_half_precision_is_quantized_in_float32(dtype):
+    """No float16/bfloat16 QDQ kernel exists on CPU: the arithmetic runs in float32 and the result is cast back."""
+    rng = np.random.default_rng(7)
+    x = tf.cast(tf.constant(rng.normal(0, 2, size=(4, 9)).astype(np.float32)), dtype)
+    for training in (False, True):
+        got = quantizers.qdq_per_tensor(x, tf.constant(2.5), training=training)
+        assert got.dtype == dtype
+        want = tf.cast(quantizers.qdq_per_tensor(tf.cast(x, tf.float32), tf.constant(2.5)), dtype)
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+    kernel = tf.cast(tf.constant(rng.normal(size=(3, 5)).astype(np.float32)), dtype)
+    got = quantizers.qdq_per_channel(kernel, -1)
+    assert got.dtype == dtype
+    want = tf.cast(quantizers.qdq_per_channel(tf.cast(kernel, tf.float32), -1), dtype)
+    np.testing.assert_array_equal(got.numpy(), want.numpy())

@@ -161,6 +161,9 @@ def keras_to_onnx(
             hint = " To export a file, load it first: qdq_toolkit.load_model(path)."
         raise TypeError(f"keras_to_onnx expects a keras.Model, got {type(model).__name__}.{hint}")
     check_has_inputs(model)
+    from qdq_toolkit.precision import float32_model
+
+    model = float32_model(model)  # a mixed-precision model exports as float32 (qdq_toolkit.precision)
     path = check_output_path(output, force)
     _check_opset(opset)
     _check_target(target, fp16)
