@@ -18,8 +18,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# Each module measures side by side in one run and rewrites its own section of BENCHMARKS.md (bench/sections.py).
 bench: $(STAMP)
 	$(BIN)/python -m bench.run --force
+	$(BIN)/python -m bench.memory --force
+	$(BIN)/python -m bench.cpu_target --force
+	$(BIN)/python -m bench.transformer --force
+	$(BIN)/python -m bench.sensitivity --force
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
