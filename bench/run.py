@@ -280,13 +280,13 @@ def render(results: dict, when: str, where: str, command: str, raw_path: str = "
         )
     lines += [
         "",
-        "The QAT fit's extra peak memory is the price of fake quantization in TensorFlow: the backward pass keeps each",
-        "quantized activation (what the convolution reads) besides the float one it came from, and the fake-quantized",
-        "copies of the kernels. TensorRT's engine has none of this; it is a training-time cost.",
+        "The QAT fit's peak memory is measured again, with the training path of the second round, by `bench.memory`",
+        "(its section below); TensorRT's engine has none of this cost, it is a training-time cost.",
         "",
         "ONNX Runtime on CPU does not fuse TensorRT-style QDQ graphs (no Q on convolution outputs) into integer",
-        "kernels: it runs the Q/DQ pairs as extra float work, so the QDQ model is slower there. It is a numerical",
-        "reference for the TensorRT engine, not the deployment target; INT8 speed-ups need TensorRT on a GPU.",
+        "kernels: it runs the Q/DQ pairs as extra float work, so the TensorRT-target file is slower there. It is the",
+        "numerical reference for the TensorRT engine; the CPU target (`bench.cpu_target`, below) is the INT8 file for",
+        "ONNX Runtime.",
         "",
     ]
     return "\n".join(lines)
