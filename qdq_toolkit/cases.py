@@ -63,7 +63,15 @@ def graph_of(model: keras.Model):
 
 
 def _node_input_count(node) -> int:
-    return len(node.input_tensors)
+    """The tensors a layer was called on positionally: ``layer(x)`` 1, ``Add()([a, b])`` 2, ``mha(q, v)`` 2.
+
+    A mask Keras passes by keyword (``GlobalAveragePooling1D()(x, mask=m)``, or the padding mask it attaches
+    itself) is not an input to quantize, though ``node.input_tensors`` lists it.
+    """
+    arguments = getattr(node, "arguments", None)
+    if arguments is None:
+        return len(node.input_tensors)
+    return sum(isinstance(value, keras.KerasTensor) for value in keras.tree.flatten(arguments.args))
 
 
 def iter_layers(model: keras.Model) -> list[LayerRef]:

@@ -92,6 +92,8 @@ class QDQWrapper(keras.layers.Wrapper):
         # Float kernels given by the recomputing call path, by attribute name (a plain namespace: Keras would track
         # a dict attribute as layer state).
         self._kernel_values = SimpleNamespace(by_name={})
+        # A mask passes through the wrapper exactly as through the wrapped layer (see compute_mask).
+        self.supports_masking = bool(getattr(layer, "supports_masking", False))
         for index in self.quantize_inputs:
             if index < 0 or (not self.multi_input and index != 0):
                 raise ValueError(
@@ -142,8 +144,14 @@ class QDQWrapper(keras.layers.Wrapper):
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)
 
-    def compute_output_spec(self, inputs, training=None, **kwargs):
+    def compute_mask(self, inputs, mask=None):
+        """The wrapped layer's output mask: QDQ changes values, never which steps are valid."""
+        return self.layer.compute_mask(inputs, mask)
+
+    def compute_output_spec(self, inputs, training=None, mask=None, **kwargs):
         # QDQ keeps shapes and dtypes: the output is what the wrapped layer gives (which may trace its own call).
+        if mask is not None and getattr(self.layer, "_call_has_mask_arg", False):
+            kwargs["mask"] = mask
         return self.layer.compute_output_spec(inputs, **kwargs)
 
     # -------------------------------------------------------------------------------------------- ranges API
@@ -210,7 +218,11 @@ class QDQWrapper(keras.layers.Wrapper):
         with _no_autocast():  # keras.src.layers.layer: a Layer opens AutocastScope(None) to read raw variables
             return tf.convert_to_tensor(kernel)
 
-    def call(self, inputs, training=None, **kwargs):
+    def call(self, inputs, training=None, mask=None, **kwargs):
+        # Keras passes the input's mask (e.g. from Embedding(mask_zero=True)) because `mask` is named here; the
+        # wrapped layer gets it when its own call takes one (GlobalAveragePooling1D averages only the valid steps).
+        if mask is not None and getattr(self.layer, "_call_has_mask_arg", False):
+            kwargs["mask"] = mask
         if training and not kwargs and self._recomputes_in_backward():
             return self._call_recomputing_quantized(inputs)
         if self.multi_input:

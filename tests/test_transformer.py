@@ -311,3 +311,28 @@ def test_a_saved_qat_transformer_loads_with_identical_outputs(qat, tmp_path):
     inputs = sample_inputs(4, seed=11)
     np.testing.assert_array_equal(loaded(inputs).numpy(), qat(inputs).numpy())
     assert isinstance(loaded.get_layer("quant_mha"), MultiHeadAttentionQDQWrapper)
+
+
+def test_padding_masks_pass_through_quantized_layers():
+    """Embedding(mask_zero=True) -> Dense -> GlobalAveragePooling1D: the wrapped Dense keeps the padding mask and the
+    wrapped pooling averages only the valid steps, so padding a sequence changes nothing, as in the float model."""
+    import keras
+    import numpy as np
+
+    from qdq_toolkit import quantize_model
+
+    tokens = keras.Input(shape=(None,), dtype="int32")
+    x = keras.layers.Embedding(20, 8, mask_zero=True, name="embed")(tokens)
+    x = keras.layers.Dense(8, name="proj")(x)
+    pooled = keras.layers.GlobalAveragePooling1D(name="pool")(x)
+    model = keras.Model(tokens, pooled)
+    qat = quantize_model(model)
+    wrapped = {layer.name for layer in qat.layers if layer.name.startswith("quant_")}
+    assert {"quant_proj", "quant_pool"} <= wrapped
+    short = np.array([[3, 5, 7]], dtype="int32")
+    padded = np.array([[3, 5, 7, 0, 0, 0]], dtype="int32")
+    for m in (model, qat):
+        np.testing.assert_allclose(m.predict(padded, verbose=0), m.predict(short, verbose=0), rtol=1e-6, atol=1e-6)
+    # Without the mask the padded steps (Dense of the padding embedding) would enter the mean.
+    steps = keras.Model(tokens, model.get_layer("proj").output).predict(padded, verbose=0)[0]
+    assert not np.allclose(steps.mean(axis=0), steps[:3].mean(axis=0), atol=1e-4)
