@@ -1,12 +1,14 @@
 """BatchNorm folding into ConvTranspose (TensorRT has no Q/DQ ConvTranspose + BN fusion) and the export option.
 
 Hand-built graphs ``DQ(x) -> ConvTranspose(DQ(int8 weight, axis 1)) -> Mul(a) -> Add(b) -> Relu`` are folded and run
-in ONNX Runtime against the unfolded graph.
+in ONNX Runtime against the unfolded graph; a tiny Keras Conv2DTranspose -> BatchNormalization -> ReLU model is
+exported with and without ``fold_batchnorm`` (API and CLI).
 """
 
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import onnx
@@ -142,3 +144,114 @@ def test_grouped_convtranspose_and_minus_128_are_left_alone():
     assert fold_batchnorm(wide) == 2
     got = _run(wide, _input())
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+# ---------------------------------------------------------------------------------------------------- Keras
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    """A tiny quantized, calibrated Conv2DTranspose -> BatchNormalization -> ReLU model (and one without BN),
+    exported by default, with fold_batchnorm=False and with fold_batchnorm=True."""
+    import keras
+
+    from qdq_toolkit import calibrate, quantize_model
+    from qdq_toolkit.export import export_saved_model, keras_to_onnx
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=(16, 6, 6, 3)).astype(np.float32)
+    root = tmp_path_factory.mktemp("fold_bn")
+
+    def build(with_bn: bool):
+        inputs = keras.Input((6, 6, 3), name="image")
+        x = keras.layers.Conv2DTranspose(4, 3, strides=2, padding="same", use_bias=False, name="up")(inputs)
+        if with_bn:
+            x = keras.layers.BatchNormalization(name="bn")(x)
+        model = keras.Model(inputs, keras.layers.ReLU(name="relu")(x))
+        if with_bn:  # trained-looking statistics, with negative scales
+            gamma = np.array([1.5, -0.7, 0.4, -2.0], np.float32)
+            model.get_layer("bn").set_weights([gamma, rng.normal(size=4), rng.normal(size=4), rng.uniform(0.5, 2, 4)])
+        qat = quantize_model(model)
+        calibrate(qat, data, batch_size=8, progress=False)
+        return qat
+
+    qat, plain = build(True), build(False)
+    paths = {}
+    paths["default"] = keras_to_onnx(qat, root / "default.onnx").path
+    paths["explicit"] = keras_to_onnx(qat, root / "explicit.onnx", fold_batchnorm=False).path
+    paths["folded"] = keras_to_onnx(qat, root / "folded.onnx", fold_batchnorm=True).path
+    paths["plain"] = keras_to_onnx(plain, root / "plain.onnx").path
+    paths["plain_folded"] = keras_to_onnx(plain, root / "plain_folded.onnx", fold_batchnorm=True).path
+    qat.save(root / "qat.keras")
+    paths["keras"] = root / "qat.keras"
+    paths["saved_model"] = export_saved_model(qat, root / "saved_model")
+    return {"root": root, "paths": paths, "x": data[:4], "qat": qat}
+
+
+def test_default_export_is_unchanged(exports):
+    paths = exports["paths"]
+    assert paths["default"].read_bytes() == paths["explicit"].read_bytes()
+    assert paths["plain"].read_bytes() == paths["plain_folded"].read_bytes()  # nothing to fold: the same bytes
+    assert paths["folded"].read_bytes() != paths["default"].read_bytes()
+
+
+def test_keras_convtranspose_batchnorm_folds(exports):
+    paths = exports["paths"]
+    unfolded, folded = onnx.load(paths["default"]), onnx.load(paths["folded"])
+    ops = [node.op_type for node in unfolded.graph.node]
+    assert ops.index("ConvTranspose") < ops.index("Mul")  # Keras 3's BatchNorm: Mul (and Add) after the kernel
+    assert _rules(unfolded) == ["batchnorm-not-fused"]
+    ops = [node.op_type for node in folded.graph.node]
+    assert "Mul" not in ops and "Add" not in ops
+    assert ops[ops.index("ConvTranspose") + 1] == "Relu"
+    assert check_qdq_placement(folded) == [] and not predict_fusion(folded).findings
+    expected, got = _run(unfolded, exports["x"]), _run(folded, exports["x"])
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+def test_saved_model_export_folds_too(exports, tmp_path):
+    from qdq_toolkit.export import saved_model_to_onnx
+
+    paths = exports["paths"]
+    folded = onnx.load(saved_model_to_onnx(paths["saved_model"], tmp_path / "sm.onnx", fold_batchnorm=True).path)
+    assert not {"Mul", "Add"} & {node.op_type for node in folded.graph.node}
+    assert not predict_fusion(folded).findings
+    expected = _run(onnx.load(paths["default"]), exports["x"])
+    np.testing.assert_allclose(_run(folded, exports["x"]), expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+def test_fold_happens_before_the_float16_conversion(exports, tmp_path):
+    """With fp16 a Cast sits between a weight's DequantizeLinear and its convolution: the fold runs before it."""
+    from qdq_toolkit.export import keras_to_onnx
+
+    qat = exports["qat"]
+    unfolded = onnx.load(keras_to_onnx(qat, tmp_path / "fp16.onnx", fp16=True).path)
+    folded = onnx.load(keras_to_onnx(qat, tmp_path / "fp16_folded.onnx", fp16=True, fold_batchnorm=True).path)
+    assert "Mul" in {node.op_type for node in unfolded.graph.node}
+    assert not {"Mul", "Add"} & {node.op_type for node in folded.graph.node}
+    assert not predict_fusion(folded).findings
+    expected = _run(unfolded, exports["x"])  # both quantize the same float16-rounded input
+    np.testing.assert_allclose(_run(folded, exports["x"]), expected, rtol=2e-3, atol=2e-3 * np.abs(expected).max())
+
+
+def test_fold_batchnorm_must_be_a_bool(tmp_path):
+    from qdq_toolkit.export import saved_model_to_onnx
+
+    with pytest.raises(TypeError, match="fold_batchnorm must be True or False"):  # refused before loading anything
+        saved_model_to_onnx(tmp_path / "missing", tmp_path / "x.onnx", fold_batchnorm="yes")
+
+
+def test_cli_fold_batchnorm(exports, capsys):
+    from qdq_toolkit.export.__main__ import main
+
+    root, keras_file = exports["root"], str(exports["paths"]["keras"])
+    status = main(["--keras-model", keras_file, "-o", str(root / "cli.onnx"), "--check", "--strict", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert status == 3 and [f["rule"] for f in report["findings"]] == ["batchnorm-not-fused"]
+    assert "--fold-batchnorm" in report["findings"][0]["message"]
+    status = main(
+        ["--keras-model", keras_file, "-o", str(root / "cli_folded.onnx"), "--fold-batchnorm", "--check", "--strict",
+         "--json"]
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert status == 0 and report["findings"] == []
+    assert (root / "cli_folded.onnx").read_bytes() == exports["paths"]["folded"].read_bytes()
