@@ -146,6 +146,19 @@ def test_grouped_convtranspose_and_minus_128_are_left_alone():
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
 
 
+def test_cpu_target_folds_convtranspose_batchnorm_too():
+    """The ONNX Runtime CPU target folds with the same pass; it runs a ConvTranspose in float with its activation
+    Q/DQ dropped, so compare on inputs already on the activation grid (scale 0.03)."""
+    from qdq_toolkit.export.cpu_target import to_cpu_target
+
+    model = _convtranspose_bn(bias=True, stored_int8=False)
+    cpu = to_cpu_target(model)
+    assert not {"Mul", "Add"} & {node.op_type for node in cpu.graph.node}
+    x = (np.clip(np.rint(_input() / np.float32(0.03)), -128, 127) * np.float32(0.03)).astype(np.float32)
+    expected = _run(model, x)
+    np.testing.assert_allclose(_run(cpu, x), expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
 # ---------------------------------------------------------------------------------------------------- Keras
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
