@@ -5,6 +5,7 @@ Examples::
     python -m qdq_toolkit.export --keras-model qat.keras --output qat.onnx --check
     python -m qdq_toolkit.export --saved-model qat_savedmodel --output qat.onnx --engine qat.plan --batch 1,8,32
     python -m qdq_toolkit.export --check qat.onnx --json
+    python -m qdq_toolkit.export --keras-model unet_qat.keras --output unet.onnx --fold-batchnorm --check
     python -m qdq_toolkit.export --keras-model qat.keras --output qat_cpu.onnx --target onnxruntime --calibration-data x.npy
 """
 
@@ -73,6 +74,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="--target onnxruntime: inputs for the ranges TensorRT never needed (.npy for a single-input model, "
         ".npz with one array per input name)",
+    )
+    parser.add_argument(
+        "--fold-batchnorm",
+        action="store_true",
+        help="fold each BatchNorm (Mul/Add by per-channel constants) into the convolution before it, exactly; for "
+        "ConvTranspose + BatchNorm, which TensorRT does not fuse under Q/DQ (--target onnxruntime always folds)",
     )
     parser.add_argument("--engine", metavar="FILE", help="also build a TensorRT engine (plan) from the ONNX file")
     add_batch_sizes_argument(
@@ -167,14 +174,14 @@ def _export(args, say) -> int:
                 warnings.simplefilter("ignore", UnobservedRangeWarning)
                 result = keras_to_onnx(
                     model, output, opset=args.opset, fp16=args.fp16, force=args.force, progress=say,
-                    target=args.target, calibration_data=calibration_data,
+                    target=args.target, calibration_data=calibration_data, fold_batchnorm=args.fold_batchnorm,
                 )
         else:
             with warnings.catch_warnings():  # reported below as one line
                 warnings.simplefilter("ignore", UnobservedRangeWarning)
                 result = saved_model_to_onnx(
                     args.saved_model, output, opset=args.opset, fp16=args.fp16, force=args.force, progress=say,
-                    target=args.target, calibration_data=calibration_data,
+                    target=args.target, calibration_data=calibration_data, fold_batchnorm=args.fold_batchnorm,
                 )
     except (ExportError, ValueError, TypeError, OSError) as exc:  # OSError: e.g. the output cannot be written
         raise CliError(str(exc).splitlines()[0]) from None

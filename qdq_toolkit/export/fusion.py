@@ -67,7 +67,7 @@ FUSION_RULES: dict[str, tuple[str, str]] = {
     "batchnorm-not-fused": (
         WARNING,
         "TensorRT has no Q/DQ ConvTranspose + BatchNorm fusion (NVIDIA/TensorRT#3412): fold the BatchNorm into the "
-        "kernel before export.",
+        "kernel: export with --fold-batchnorm / fold_batchnorm=True.",
     ),
     "residual-branch-qdq": (
         WARNING,
@@ -386,7 +386,7 @@ class _Analysis:
                     f"{nxt.op_type} {self.index.label(nxt)!r} after {op.op_type} {self.index.label(op)!r} is a "
                     "BatchNorm (by per-channel constants); TensorRT has no Q/DQ ConvTranspose + BatchNorm fusion "
                     f"(NVIDIA/TensorRT#3412), so it runs as a separate kernel ({NOT_VERIFIED}). Fold the BatchNorm "
-                    "into the kernel before export.",
+                    "into the kernel: export with --fold-batchnorm / fold_batchnorm=True (group-1 ConvTranspose).",
                 )
                 break
             if step is None:

@@ -100,9 +100,19 @@ def _retarget(model: onnx.ModelProto, target: str, calibration_data, progress: P
     return to_cpu_target(model, calibration_data, progress=progress)
 
 
-def _check_target(target: str, fp16: bool) -> None:
+def _finalize(model: onnx.ModelProto, outputs, fp16: bool, target: str, fold_bn: bool, progress) -> onnx.ModelProto:
+    """:func:`finalize`, folding the BatchNorms for the TensorRT target when asked (the CPU target always folds)."""
+    fold_bn = fold_bn and target == "tensorrt"
+    if fold_bn:
+        _say(progress, "folding BatchNorm into the convolutions")
+    return finalize(model, outputs, fp16, fold_bn=fold_bn)
+
+
+def _check_target(target: str, fp16: bool, fold_bn: bool = False) -> None:
     if target not in TARGETS:
         raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
+    if not isinstance(fold_bn, bool):
+        raise TypeError(f"fold_batchnorm must be True or False, got {fold_bn!r}")
     if target == "onnxruntime" and fp16:
         raise ValueError("fp16 is for the TensorRT target; the ONNX Runtime CPU target runs integer kernels in uint8/int8")
 
@@ -132,12 +142,20 @@ def keras_to_onnx(
     progress: Progress | None = None,
     target: str = "tensorrt",
     calibration_data=None,
+    fold_batchnorm: bool = False,
 ) -> ExportResult:
     """Export a (quantized or float) Keras model straight to ONNX.
 
     ``target="onnxruntime"`` rewrites the TensorRT-target graph into the one ONNX Runtime's CPU execution provider
     runs as integer kernels (:mod:`qdq_toolkit.export.cpu_target`); ``calibration_data`` (an array, or
     ``{input name: array}``) supplies the ranges the TensorRT graph never needed.
+
+    ``fold_batchnorm=True`` folds the BatchNorm after each convolution (Keras 3 exports it as a ``Mul`` and an
+    ``Add`` by per-channel constants) into the convolution's weight scales and bias, exactly
+    (:mod:`qdq_toolkit.export.fold_batchnorm`). TensorRT fuses that BatchNorm into a Conv itself, but has no Q/DQ
+    ConvTranspose + BatchNorm fusion (NVIDIA/TensorRT#3412): fold for models with Conv2DTranspose/Conv3DTranspose
+    followed by BatchNormalization (the checker's ``batchnorm-not-fused`` warning). The ONNX Runtime target always
+    folds. Off by default: the default export is unchanged.
 
     The ONNX inputs are named after the Keras inputs and have a dynamic batch dimension; the outputs are named
     after the Keras outputs. Returns an :class:`ExportResult` with the TensorRT placement violations found (an
@@ -166,12 +184,12 @@ def keras_to_onnx(
     model = float32_model(model)  # a mixed-precision model exports as float32 (qdq_toolkit.precision)
     path = check_output_path(output, force)
     _check_opset(opset)
-    _check_target(target, fp16)
+    _check_target(target, fp16, fold_batchnorm)
     unobserved = unobserved_ranges(model)
     _warn_unobserved(unobserved)
     _say(progress, "tracing the Keras model")
     function, inputs, outputs = keras_serving_function(model)
-    converted = finalize(convert_function(function, opset, progress), outputs, fp16)
+    converted = _finalize(convert_function(function, opset, progress), outputs, fp16, target, fold_batchnorm, progress)
     converted = _retarget(converted, target, calibration_data, progress)
     result = _write(converted, path, opset, fp16, inputs, outputs, force, progress, check=target == "tensorrt")
     result.unobserved_ranges, result.target = unobserved, target
@@ -189,21 +207,22 @@ def saved_model_to_onnx(
     progress: Progress | None = None,
     target: str = "tensorrt",
     calibration_data=None,
+    fold_batchnorm: bool = False,
 ) -> ExportResult:
     """Convert a SavedModel (e.g. from :func:`export_saved_model` or ``model.export``) to ONNX.
 
-    ``target`` and ``calibration_data`` as for :func:`keras_to_onnx`.
+    ``target``, ``calibration_data`` and ``fold_batchnorm`` as for :func:`keras_to_onnx`.
 
     Activation ranges of a quantized model that no data ever set are reported as by :func:`keras_to_onnx`.
     """
     path = check_output_path(output, force)
     _check_opset(opset)
-    _check_target(target, fp16)
+    _check_target(target, fp16, fold_batchnorm)
     _say(progress, f"loading SavedModel {saved_model_dir}")
     loaded, function, inputs, outputs = load_saved_model_function(Path(saved_model_dir), signature)
     unobserved = _unobserved_in_saved_model(loaded)
     _warn_unobserved(unobserved)
-    converted = finalize(convert_function(function, opset, progress), outputs, fp16)
+    converted = _finalize(convert_function(function, opset, progress), outputs, fp16, target, fold_batchnorm, progress)
     converted = _retarget(converted, target, calibration_data, progress)
     result = _write(converted, path, opset, fp16, inputs, outputs, force, progress, check=target == "tensorrt")
     result.unobserved_ranges, result.target = unobserved, target

@@ -21,6 +21,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from qdq_toolkit.export._common import ExportError
+from qdq_toolkit.export.fold_batchnorm import fold_batchnorm
 from qdq_toolkit.export.graph_index import DQ, GraphIndex, Q, is_per_tensor
 from qdq_toolkit.tensorrt_rules import COMPUTE_OPS, SHAPE_ONLY_OPS, weight_axis
 
@@ -342,8 +343,12 @@ def canonicalize_generated_names(model: onnx.ModelProto) -> None:
     graph.initializer.extend(ordered)
 
 
-def finalize(model: onnx.ModelProto, output_names: Sequence[str], fp16: bool) -> onnx.ModelProto:
-    """Clean-ups and validity checks shared by every export path."""
+def finalize(
+    model: onnx.ModelProto, output_names: Sequence[str], fp16: bool, fold_bn: bool = False
+) -> onnx.ModelProto:
+    """Clean-ups and validity checks shared by every export path; ``fold_bn`` folds the BatchNorms into the
+    convolutions (:func:`~qdq_toolkit.export.fold_batchnorm.fold_batchnorm`) before the float16 conversion, whose
+    Casts between a weight's DequantizeLinear and its convolution the fold would not look through."""
     leftover = _find_tensorflow_ops(model)
     if leftover:
         raise ExportError(
@@ -353,6 +358,8 @@ def finalize(model: onnx.ModelProto, output_names: Sequence[str], fp16: bool) ->
     sink_qdq_below_shape_ops(model)
     fold_weight_shape_ops(model)
     _rename_io(model, output_names)
+    if fold_bn:
+        fold_batchnorm(model)
     if fp16:
         model = convert_to_fp16(model)
     canonicalize_generated_names(model)
