@@ -204,6 +204,7 @@ def run(quick: bool) -> dict:
     rounds, runs = (2, 3) if quick else (7, 10)
     cases = [("ResNet50", 224, (1, 8)), ("MobileNetV2", 224, (1,))]
     results = {"threads": THREADS, "rounds": rounds, "runs_per_round": runs, "cases": []}
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as directory:
         workdir = Path(directory)
         for arch, size, batches in cases:
@@ -226,6 +227,7 @@ def run(quick: bool) -> dict:
                 )
     say("fidelity on the digits")
     results["fidelity"] = _fidelity()
+    results["load"] = f"{load_before:.1f} / {os.getloadavg()[0]:.1f}"
     return results
 
 
@@ -235,8 +237,9 @@ def render(results: dict, when: str, where: str, command: str) -> str:
         "",
         f"Measured {when} on {where}.",
         f"Command: `{command}` (raw numbers in `bench/cpu_target.json`). {results['threads']} intra-op threads; "
-        f"{results['rounds']} interleaved rounds of {results['runs_per_round']} runs, medians. **The machine was "
-        "shared with other jobs during the run**: absolute times are noisy, the ratios (same run, interleaved) less so.",
+        f"{results['rounds']} interleaved rounds of {results['runs_per_round']} runs, medians. Load average "
+        f"before / after the run: {results.get('load', '?')}; these machines are shared, so absolute times are noisy and "
+        "the ratios (same run, interleaved) less so.",
         "",
         f"| model | FP32 ONNX (ms) | CPU target INT8 (ms) | CPU target ÷ FP32 (target ≤ {TARGET_RATIO:.2f}) "
         "| ORT quantize_static (ms) | quantize_static ÷ FP32 | integer kernels / quantized Conv+MatMul "
