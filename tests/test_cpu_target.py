@@ -6,6 +6,7 @@ import copy
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -247,3 +248,63 @@ def test_batchnorm_fold_is_exact(quantized):
         q = next(value for value in weights.values() if value.dtype == np.int8 and value.ndim == 4)
         assert q.min() >= -127 and q.max() <= 127
         assert np.all(q[2] == 0)  # the zero factor
+
+
+# ---------------------------------------------------------------------------------------------- Pad folding
+@pytest.fixture(scope="module")
+def padded():
+    """ResNet50's stem in miniature (ZeroPadding2D -> strided Conv -> BN -> ReLU -> ZeroPadding2D -> MaxPool),
+    plus a ZeroPadding2D -> MaxPool on a tensor of either sign, which must keep its Pad; calibrated on digits (as
+    RGB: with one channel tf2onnx writes a Reshape instead of the layout Transpose, a case the fold leaves)."""
+    import keras
+
+    from qdq_toolkit import calibrate, quantize_model
+    from qdq_toolkit.data import load_digits
+    from qdq_toolkit.export import keras_to_onnx
+
+    keras.utils.set_random_seed(0)
+    data = load_digits(test_fraction=0.25, seed=0, channels=3)
+    layers = keras.layers
+    inputs = keras.Input(data.input_shape, name="image")
+    x = layers.ZeroPadding2D(3, name="stem_pad")(inputs)
+    x = layers.Conv2D(8, 5, strides=2, use_bias=False, name="stem")(x)
+    x = layers.ReLU(name="stem_relu")(layers.BatchNormalization(name="stem_bn")(x))
+    x = layers.MaxPooling2D(3, strides=2, name="pool")(layers.ZeroPadding2D(1, name="pool_pad")(x))
+    x = layers.Conv2D(8, 1, name="signed")(x)  # no ReLU: a tensor of either sign
+    x = layers.MaxPooling2D(2, name="signed_pool")(layers.ZeroPadding2D(1, name="signed_pad")(x))
+    x = layers.Conv2D(8, 1, activation="relu", name="head")(x)
+    model = keras.Model(inputs, layers.Dense(10, name="logits")(layers.GlobalAveragePooling2D(name="gap")(x)))
+    quantized = quantize_model(model)
+    calibration = data.train.images[:128].astype(np.float32)
+    calibrate(quantized, calibration, "max", batch_size=64, progress=False)
+    with tempfile.TemporaryDirectory() as directory:
+        trt = onnx.load(keras_to_onnx(quantized, Path(directory) / "trt.onnx").path)
+    return trt, calibration, data.test.images.astype(np.float32)
+
+
+def test_zero_pads_move_into_the_conv_and_the_max_pool_exactly(padded, monkeypatch):
+    """The stem's Pad (before the layout Transpose) and the Pad before a MaxPool of a ReLU output disappear; the
+    outputs equal those of the same graph with the Pads kept, bit for bit. The Pad before a MaxPool of a signed
+    tensor stays (MaxPool would pad with -inf, not 0)."""
+    from qdq_toolkit.export import cpu_target
+
+    trt, calibration, x = padded
+    pads_before = [node for node in trt.graph.node if node.op_type == "Pad"]
+    assert len(pads_before) == 3
+    folded = to_cpu_target(trt, calibration)
+    kept = [node for node in folded.graph.node if node.op_type == "Pad"]
+    assert len(kept) == 1 and "signed_pad" in kept[0].output[0], [node.output[0] for node in kept]
+    pads = {
+        node.op_type: next(list(helper.get_attribute_value(a)) for a in node.attribute if a.name == "pads")
+        for node in folded.graph.node
+        if node.op_type in ("Conv", "MaxPool") and any(a.name == "pads" and any(helper.get_attribute_value(a)) for a in node.attribute)
+    }
+    assert pads == {"Conv": [3, 3, 3, 3], "MaxPool": [1, 1, 1, 1]}, pads
+    # ONNX Runtime runs it with the one float Pad left
+    optimized = count_integer_kernels(folded)
+    assert optimized["share"] == 1.0 and optimized["op_counts"].get("Pad") == 1, optimized["op_counts"]
+
+    monkeypatch.setattr(cpu_target, "_fold_zero_pads", lambda graph, rules: None)
+    unfolded = to_cpu_target(trt, calibration)
+    assert sum(node.op_type == "Pad" for node in unfolded.graph.node) == 3
+    np.testing.assert_array_equal(_run(folded, x)[0], _run(unfolded, x)[0])

@@ -41,7 +41,8 @@ The rewrite, on the TensorRT-target ONNX the toolkit already writes (so the trai
    arithmetic) with the tensors as extra outputs, through :mod:`qdq_toolkit.calibration`'s collectors
    (``max`` by default, as ``quantize_static``'s MinMax);
 5. each chosen tensor gets one ``QuantizeLinear -> DequantizeLinear`` (uint8), convolution biases become
-   int32 ``DequantizeLinear``; a zero ``Pad`` before a Conv moves into its ``pads`` and a Dense
+   int32 ``DequantizeLinear``; a zero ``Pad`` before a Conv (also through a layout Transpose) or before a
+   MaxPool of a non-negative tensor moves into its ``pads`` and a Dense
    (``MatMul -> Add(bias)``) on a rank-2 input becomes a ``Gemm`` with an int32 bias (QGemm), since ONNX Runtime's
    own MatMul+Add fusion would otherwise leave a float bias its Gemm selector refuses.
 
@@ -477,7 +478,7 @@ def to_cpu_target(
     trained = _strip_activation_qdq(graph)
     _weights_to_int8(graph)
     _drop_unused(graph)
-    _fold_zero_pads(graph)
+    _fold_zero_pads(graph, rules)
     _dense_to_gemm(model)
     chosen, groups, non_negative = _choose_tensors(graph, rules)
     group_amax: dict[str, float] = {}
@@ -519,40 +520,76 @@ def to_cpu_target(
     return model
 
 
-def _fold_zero_pads(graph: onnx.GraphProto) -> None:
-    """A zero ``Pad`` of the spatial axes whose only consumer is a ``Conv`` moves into the Conv's ``pads`` (exact:
-    the Conv pads with zeros too; QLinearConv pads with the zero point, the integer for 0). Keras'
-    ``ZeroPadding2D`` before a strided convolution (ResNet50's stem, MobileNetV2) then costs nothing."""
+def _fold_zero_pads(graph: onnx.GraphProto, rules: OrtCpuRules) -> None:
+    """Zero ``Pad`` nodes of the spatial axes move into the op after them, where the result is the same exactly:
+
+    * ``Pad -> Conv`` and ``Pad -> Transpose -> Conv`` (tf2onnx pads ResNet50's stem in NHWC, before the layout
+      Transpose): the Conv pads with zeros too, and QLinearConv with the zero point, the integer for 0;
+      Keras' ``ZeroPadding2D`` before a strided convolution (ResNet50's stem, MobileNetV2) then costs nothing;
+    * ``Pad -> MaxPool`` on a non-negative tensor (after a ReLU; ResNet50's ``pool1_pad``): MaxPool pads with
+      -inf and ONNX Runtime's pooling skips the padding, so a window's max is that of its real elements, which
+      is the max with the zeros since every element is >= 0 -- as long as every window holds a real element
+      (each pad smaller than the kernel, no ``ceil_mode``). On uint8 with zero point 0 it is exact too: the
+      zero pad is the type's minimum.
+
+    Otherwise the Pad stays a float op between a DequantizeLinear and a QuantizeLinear (ONNX Runtime 1.32's
+    QDQ selectors do not drop a Q/DQ pair around a Pad): a dequantize, a pad and a quantize each. ResNet50's
+    optimized CPU graph then has no float op left but the input's Q, the layout Transpose and the Softmax. A
+    one-channel input keeps its stem Pad: tf2onnx writes a Reshape there instead of the Transpose."""
     index = _Index(graph)
+    non_negative = _non_negative_tensors(graph, index, rules)
     for pad in list(graph.node):
-        users = index.consumers.get(pad.output[0], [])
-        if pad.op_type != "Pad" or len(users) != 1 or users[0].op_type != "Conv" or users[0].input[0] != pad.output[0]:
+        if pad.op_type != "Pad" or pad.output[0] in index.graph_outputs or not _is_zero_pad(pad, index):
             continue
-        conv = users[0]
         amounts = index.constant_value(pad.input[1]) if len(pad.input) > 1 else None
-        if amounts is None or not _is_zero_pad(pad, index) or pad.output[0] in index.graph_outputs:
-            continue
-        if len(pad.input) > 3 and pad.input[3]:
-            continue  # explicit axes (opset 18): not handled
+        if amounts is None or (len(pad.input) > 3 and pad.input[3]):
+            continue  # computed pads, or explicit axes (opset 18): not handled
         amounts = amounts.astype(np.int64).reshape(-1)
         rank = amounts.size // 2
-        begin, end = amounts[:rank], amounts[rank:]
-        if rank < 3 or np.any(amounts < 0) or begin[:2].any() or end[:2].any():
+        if rank < 3 or np.any(amounts < 0):
             continue
-        auto_pad = next((helper.get_attribute_value(a) for a in conv.attribute if a.name == "auto_pad"), b"NOTSET")
-        if auto_pad not in (b"NOTSET", "NOTSET"):
+        begin, end = amounts[:rank], amounts[rank:]
+        users = index.consumers.get(pad.output[0], [])
+        if len(users) != 1 or users[0].input[0] != pad.output[0]:
+            continue
+        target, perm = users[0], list(range(rank))
+        if target.op_type == "Transpose":
+            after = index.consumers.get(target.output[0], [])
+            if len(after) != 1 or after[0].op_type != "Conv" or target.output[0] in index.graph_outputs:
+                continue
+            perm = next((list(helper.get_attribute_value(a)) for a in target.attribute if a.name == "perm"), perm[::-1])
+            target = after[0]
+        begin, end = begin[perm], end[perm]  # in the layout of the op that absorbs them
+        if target.op_type not in ("Conv", "MaxPool") or begin[:2].any() or end[:2].any():
+            continue
+        if _attribute(target, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
             continue
         spatial = rank - 2
-        current = next((list(helper.get_attribute_value(a)) for a in conv.attribute if a.name == "pads"), [0] * 2 * spatial)
+        if target.op_type == "MaxPool":
+            kernel = list(_attribute(target, "kernel_shape", []))
+            dilations = list(_attribute(target, "dilations", [1] * spatial))
+            if (
+                pad.input[0] not in non_negative
+                or _attribute(target, "ceil_mode", 0)
+                or len(kernel) != spatial
+                or any(d != 1 for d in dilations)
+                or any(int(max(begin[2 + i], end[2 + i])) >= kernel[i] for i in range(spatial))
+            ):
+                continue
+        current = list(_attribute(target, "pads", [0] * 2 * spatial))
         merged = [int(current[i] + begin[2 + i]) for i in range(spatial)] + [
             int(current[spatial + i] + end[2 + i]) for i in range(spatial)
         ]
-        for attribute in list(conv.attribute):
+        for attribute in list(target.attribute):
             if attribute.name == "pads":
-                conv.attribute.remove(attribute)
-        conv.attribute.append(helper.make_attribute("pads", merged))
-        conv.input[0] = pad.input[0]
+                target.attribute.remove(attribute)
+        target.attribute.append(helper.make_attribute("pads", merged))
+        users[0].input[0] = pad.input[0]
         graph.node.remove(pad)
+
+
+def _attribute(node: onnx.NodeProto, name: str, default):
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
 def _dense_to_gemm(model: onnx.ModelProto) -> None:
