@@ -8,8 +8,10 @@ calibrate on random images, export the TensorRT-target ONNX and rewrite it for t
 ``quantize_static`` (QDQ, uint8 activations, int8 per-channel weights, after ``quant_pre_process``) quantizes the
 FP32 ONNX of the same model with the same images. The three models run in interleaved rounds with 2 intra-op
 threads; medians. The fusion share counts the integer kernels in the model ONNX Runtime writes with
-``SessionOptions.optimized_model_filepath``. Fidelity: the digits CNN of ``examples/digits_qat.py`` (QAT on
-real data), CPU target vs the Keras QAT model and vs the TensorRT-target ONNX.
+``SessionOptions.optimized_model_filepath``. Where the time goes: ONNX Runtime's profiler on each graph at batch 1
+with one intra-op thread (so node times add up to the run), the convolution kernels against the rest and the
+stem. Fidelity: the digits CNN of ``examples/digits_qat.py`` (QAT on real data), CPU target vs the Keras QAT model
+and vs the TensorRT-target ONNX.
 
 Raw numbers go to ``bench/cpu_target.json``; a Markdown section is printed (append it to BENCHMARKS.md).
 """
@@ -126,6 +128,54 @@ def _latency(paths: dict, batch: int, size: int, rounds: int, runs: int) -> dict
     return times
 
 
+def _profile(paths: dict, size: int, runs: int) -> dict:
+    """Where each model's time goes, from ONNX Runtime's own profiler (batch 1, one intra-op thread, so that node
+    times add up to the run): per op type, the median over ``runs`` runs of each node's kernel time, summed."""
+    import collections
+    import json as json_lib
+
+    import numpy as np
+    import onnxruntime as ort
+
+    x = np.random.default_rng(1).uniform(-1, 1, (1, size, size, 3)).astype(np.float32)
+    result = {}
+    with tempfile.TemporaryDirectory() as directory:
+        for kind, path in paths.items():
+            if kind == "trt":
+                continue
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = 1
+            options.log_severity_level = 3
+            options.enable_profiling = True
+            options.profile_file_prefix = str(Path(directory) / kind)
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            feed = {session.get_inputs()[0].name: x}
+            for _ in range(3 + runs):
+                session.run(None, feed)
+            events = json_lib.loads(Path(session.end_profiling()).read_text())
+            per_node: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
+            runs_us, first_conv = [], None
+            for event in events:
+                if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+                    if first_conv is None and "Conv" in event["args"]["op_name"]:
+                        first_conv = (event["name"][: -len("_kernel_time")], event["args"]["op_name"])
+                    per_node[(event["name"][: -len("_kernel_time")], event["args"]["op_name"])].append(event["dur"])
+                elif event.get("cat") == "Session" and event["name"] == "model_run":
+                    runs_us.append(event["dur"])
+            node_ms = {key: statistics.median(values[3:] or values) / 1000 for key, values in per_node.items()}
+            by_op: dict[str, float] = collections.defaultdict(float)
+            for (_, op), ms in node_ms.items():
+                by_op[op] += ms
+            slowest = sorted(node_ms.items(), key=lambda item: -item[1])[:3]
+            result[kind] = {
+                "run_ms": statistics.median(runs_us[3:] or runs_us) / 1000,
+                "by_op_ms": dict(sorted(by_op.items(), key=lambda item: -item[1])),
+                "slowest_nodes": [{"node": node, "op": op, "ms": ms} for (node, op), ms in slowest],
+                "first_conv": {"node": first_conv[0], "op": first_conv[1], "ms": node_ms[first_conv]} if first_conv else None,
+            }
+    return result
+
+
 def _fidelity() -> dict:
     """Digits CNN (examples/digits_qat.py): CPU target vs Keras QAT and vs the TensorRT-target ONNX."""
     import numpy as np
@@ -209,6 +259,8 @@ def run(quick: bool) -> dict:
         workdir = Path(directory)
         for arch, size, batches in cases:
             paths, _, rewrite_s = _models(arch, size, workdir, 8 if quick else 32)
+            say(f"{arch}: ONNX Runtime profile, batch 1, one thread")
+            results.setdefault("profiles", {})[arch] = _profile(paths, size, 3 if quick else 10)
             fusion = {kind: count_integer_kernels(onnx.load(paths[kind]), threads=THREADS) for kind in ("cpu", "ort")}
             for kind in fusion:
                 fusion[kind].pop("op_counts")
@@ -229,6 +281,34 @@ def run(quick: bool) -> dict:
     results["fidelity"] = _fidelity()
     results["load"] = f"{load_before:.1f} / {os.getloadavg()[0]:.1f}"
     return results
+
+
+_KINDS = {"fp32": "FP32", "cpu": "CPU target", "ort": "quantize_static"}
+
+
+def _render_profiles(profiles: dict) -> list[str]:
+    """Where the time goes (ONNX Runtime's profiler, batch 1, one thread): the compute kernels' share, the
+    rest, and the first convolution (the stem), per model."""
+    if not profiles:
+        return []
+    lines = [
+        "",
+        "Where the time goes (`SessionOptions.enable_profiling`, batch 1, **one** intra-op thread so that node times "
+        "add up to the run; medians of each node over the runs):",
+        "",
+        "| model | graph | run (ms) | Conv / QLinearConv kernels (ms) | everything else (ms) | first conv, the stem (ms) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for arch, kinds in profiles.items():
+        for kind, profile in kinds.items():
+            conv = sum(ms for op, ms in profile["by_op_ms"].items() if "Conv" in op)
+            rest = sum(profile["by_op_ms"].values()) - conv
+            stem = profile.get("first_conv") or {}
+            lines.append(
+                f"| {arch} | {_KINDS.get(kind, kind)} | {profile['run_ms']:.1f} | {conv:.1f} | {rest:.1f} | "
+                f"{stem.get('ms', float('nan')):.2f} ({stem.get('op', '?')}) |"
+            )
+    return lines
 
 
 def render(results: dict, when: str, where: str, command: str) -> str:
@@ -254,6 +334,7 @@ def render(results: dict, when: str, where: str, command: str) -> str:
             f"| **{fusion['cpu']['integer_kernels']}/{fusion['cpu']['quantized']}** "
             f"(quantize_static {fusion['ort']['integer_kernels']}/{fusion['ort']['quantized']}) |"
         )
+    lines += _render_profiles(results.get("profiles", {}))
     fidelity = results["fidelity"]
     lines += [
         "",
