@@ -7,8 +7,9 @@ A new tool imports what it needs from here so that every CLI behaves the same:
   Codes 3 and up mean something particular to one tool; they are declared here too so no two meanings of one
   tool collide: :data:`EXIT_VIOLATIONS` / :data:`EXIT_NO_TENSORRT` (export), :data:`EXIT_NOTHING_EVALUATED`
   (evaluate). Each tool documents its codes in its ``--help`` epilog.
-* **errors** — raise :class:`CliError` for a user error; the tool's ``main`` prints ``error: <message>`` and
-  returns :data:`EXIT_ERROR`.
+* **errors** — raise :class:`CliError` for a user error; the tool's ``main`` runs its body through
+  :func:`run_cli`, which prints ``error: <message>`` and returns :data:`EXIT_ERROR` (Ctrl-C: one line and
+  :data:`EXIT_INTERRUPTED`).
 * **flags** — argparse types :func:`positive_int`, :func:`non_negative_int`, :func:`batch_sizes`, and
   :func:`add_batch_sizes_argument` for the one batch-size flag (``--batch-sizes``, alias ``--batch``).
 * **progress** — :func:`progress_printer` (``[elapsed] message`` lines on stderr), :func:`progress_bar` and
@@ -25,7 +26,7 @@ import contextlib
 import os
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from qdq_toolkit._files import check_output_path, write_atomically
 from qdq_toolkit._progress import ProgressCallback, progress_bar, progress_printer, progress_wanted
@@ -51,6 +52,7 @@ __all__ = [
     "progress_bar",
     "progress_printer",
     "progress_wanted",
+    "run_cli",
     "write_atomically",
 ]
 
@@ -74,6 +76,20 @@ EXIT_INTERRUPTED = 130
 
 class CliError(Exception):
     """A user error, reported as one line on stderr with a non-zero exit code."""
+
+
+def run_cli(body: Callable[[], int]) -> int:
+    """Run a tool's ``body`` and return its exit code; a :class:`CliError` becomes one ``error:`` line and
+    :data:`EXIT_ERROR`, Ctrl-C one line and :data:`EXIT_INTERRUPTED` (outputs are written atomically, so none is
+    left half-written)."""
+    try:
+        return body()
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("interrupted: no partial output was left behind", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def _integer(text: str, minimum: int) -> int:

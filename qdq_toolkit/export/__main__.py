@@ -29,6 +29,7 @@ from qdq_toolkit._cli import (
     check_output_path,
     native_stderr_silenced,
     progress_printer,
+    run_cli,
 )
 
 EPILOG = f"""\
@@ -227,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     say = progress_printer(args.quiet or args.json)
-    try:
+
+    def body() -> int:
         if not (args.saved_model or args.keras_model):
             if not args.check:
                 parser.print_usage(sys.stderr)
@@ -239,12 +241,8 @@ def main(argv: list[str] | None = None) -> int:
             return _check_file(args.check, args.json, verbose=args.verbose, strict=args.strict)
         with native_stderr_silenced(not args.verbose):
             return _export(args, say)
-    except CliError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("interrupted: no partial output was left behind", file=sys.stderr)
-        return EXIT_INTERRUPTED
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from qdq_toolkit._cli import (
     check_output_path,
     native_stderr_silenced,
     progress_printer,
+    run_cli,
 )
 
 PROG = "python -m qdq_toolkit.sensitivity"
@@ -219,15 +220,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     say = progress_printer(args.quiet)
-    try:
+
+    def body() -> int:
         with native_stderr_silenced(not args.verbose):
             return _run(args, say)
-    except CliError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("interrupted: no partial output was left behind", file=sys.stderr)
-        return EXIT_INTERRUPTED
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":
