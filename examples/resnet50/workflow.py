@@ -91,8 +91,8 @@ def cpu_config(
         qat_learning_rate=1e-4 if small else 1e-5,
         qat_optimizer="adam",  # the baselines are trained with Adam; SGD's raw steps overshoot their sharp minimum
         calibration_batches=4 if fast else 16,
-        latency_batch_sizes=(1, 32),
-        latency_runs=5 if fast else 20,
+        latency_batch_sizes=(1,) if fast else (1, 32),
+        latency_runs=3 if fast else 20,
         force=force,
     )
 
