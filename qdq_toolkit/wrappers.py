@@ -88,7 +88,6 @@ class QDQWrapper(keras.layers.Wrapper):
         self.quantize_weights = bool(quantize_weights) and bool(self.kernel_axes)
         self.activation_range = RangeTracking.from_config(activation_range)
         self._observer: Observer | None = None
-        self._fused_weight_qdq: dict = {}
         # Float kernels given by the recomputing call path, by attribute name (a plain namespace: Keras would track
         # a dict attribute as layer state).
         self._kernel_values = SimpleNamespace(by_name={})
@@ -202,14 +201,9 @@ class QDQWrapper(keras.layers.Wrapper):
             kernel = getattr(self.layer, name)
         if not self.quantize_weights or self._observer is not None:
             return kernel
-        fused = None
-        if training:  # one XLA function per kernel: traced once, for this kernel's shape
-            fused = self._fused_weight_qdq.get(name)
-            if fused is None:
-                fused = self._fused_weight_qdq[name] = quantizers.fused_weight_qdq_function()
         compute_dtype = self.layer.compute_dtype
         kernel = self._float_kernel(kernel)  # a tensor (the QDQ's custom gradients take no variables), float32
-        quantized = quantizers.qdq_per_channel(kernel, self.kernel_axes[name], training=bool(training), fused=fused)
+        quantized = quantizers.qdq_per_channel(kernel, self.kernel_axes[name], training=bool(training))
         return ops.cast(quantized, compute_dtype)
 
     @staticmethod
@@ -265,9 +259,15 @@ class QDQWrapper(keras.layers.Wrapper):
         kernels = [self._float_kernel(getattr(self.layer, name)) for name in names]
 
         def forward(x, *kernels):
+            # The kernels' QDQ waits for the layer's input: otherwise the executor may run every layer's weight QDQ
+            # at the start of the step (its inputs are variables) and hold all the quantized kernels at once.
+            with tf.control_dependencies([x]):
+                kernels = [tf.identity(kernel) for kernel in kernels]
             self._kernel_values.by_name = dict(zip(names, kernels, strict=True))
             try:
-                return self.quantized_call(quantizers.qdq_per_tensor(x, used, training=True), True)
+                # The bare V4 op: its registered clipped straight-through gradient reads x, which the backward
+                # keeps anyway to recompute from, so no clip mask is needed here.
+                return self.quantized_call(quantizers.qdq_per_tensor(x, used), True)
             finally:
                 self._kernel_values.by_name = {}
 
