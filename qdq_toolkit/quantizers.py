@@ -200,7 +200,7 @@ def qdq_per_channel(kernel: tf.Tensor, axis: int, training: bool = False) -> tf.
     )
 
 
-@tf.function(jit_compile=True, reduce_retracing=True)
+@tf.function(jit_compile=True)
 def _fused_weight_qdq(kernel: tf.Tensor, axis: int, qmax: tf.Tensor) -> tf.Tensor:
     """XLA-compiled ``round(w * (qmax / amax)) * (amax / qmax)`` with ``amax`` per channel along ``axis``.
 
@@ -209,10 +209,11 @@ def _fused_weight_qdq(kernel: tf.Tensor, axis: int, qmax: tf.Tensor) -> tf.Tenso
     ``amax / 127`` into a multiplication by a rounded reciprocal: the result stays bit-identical to the V3 kernel's
     ``max_range / max_quantized``.
 
-    One function for every kernel: traced once per rank, dtype and ``axis`` (``reduce_retracing`` leaves the
-    dimensions unknown), and XLA compiles (and caches) one executable per concrete kernel shape. ResNet50 has 54
+    One function for every kernel: traced and compiled once per kernel shape, dtype and ``axis``. ResNet50 has 54
     kernels but 21 distinct shapes; one function per kernel compiled 54 times, which cost about 40 MiB of the
-    peak memory of a ResNet50 fit (``bench.memory``) and no step time.
+    peak memory of a ResNet50 fit (``bench.memory``) and no step time. No ``reduce_retracing``: it relaxes the
+    traced shape, and after kernels of two ranks with one ``axis`` (a depthwise 2-D and a 1-D convolution, both
+    axis 2) to an unknown rank, on which the per-channel reduction cannot be built.
     """
     amax = per_channel_amax(kernel, axis)
     shape = [1] * kernel.shape.rank

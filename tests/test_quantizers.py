@@ -110,7 +110,9 @@ def test_range_tracking_rejects_bad_settings():
 
 def test_training_weight_path_is_bit_identical_to_the_exported_op():
     rng = np.random.default_rng(5)
-    for shape, axis in (((3, 3, 16, 32), -1), ((5, 7), 1), ((3, 3, 8, 2), 2)):
+    # one XLA function serves every kernel: shapes of several ranks with the same axis (depthwise 2-D, then 1-D
+    # convolution kernels, both axis 2) must each keep their own trace
+    for shape, axis in (((3, 3, 16, 32), -1), ((5, 7), 1), ((3, 3, 8, 2), 2), ((5, 8, 4), 2), ((3, 3, 4, 1), 2)):
         kernel = tf.constant((rng.normal(size=shape) * rng.uniform(0.01, 10, size=shape[axis]).reshape(
             [-1 if i == axis % len(shape) else 1 for i in range(len(shape))])).astype(np.float32))
         exported = quantizers.qdq_per_channel(kernel, axis, training=False).numpy()
