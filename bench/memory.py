@@ -67,8 +67,8 @@ def render(results: dict, when: str, where: str, command: str, raw: str) -> str:
     lines = [
         "## Memory and speed of a QAT step",
         "",
-        f"Measured {when} on {where}; the machine was shared with other jobs during the run (load varied),",
-        "which moves step times more than peaks.",
+        f"Measured {when} on {where}. These machines are shared: load moves step times more than peaks, and",
+        "even on an idle machine step ratios move by about ±0.1 between runs.",
         f"Command: `{command}` (raw numbers in `{raw}`). ResNet50 64×64, batch 32, `weights=None`.",
         "",
         "| figure | ours | target |",
