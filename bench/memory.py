@@ -18,7 +18,6 @@ import datetime as dt
 import json
 import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
@@ -29,23 +28,10 @@ MEMORY_TARGET = 1.15
 STEP_TARGET = 1.10
 
 
-def peak_mib(kind: str, root: Path) -> float:
-    """The VmHWM (MiB) of a fresh process that fits ResNet50 once, FP32 or QAT, with the toolkit found in ``root``."""
-    from bench.run import MEMORY_SCRIPT
-
-    result = subprocess.run(
-        [sys.executable, "-c", MEMORY_SCRIPT, kind],
-        capture_output=True,
-        text=True,
-        cwd=root,
-        env={**os.environ, "PYTHONPATH": str(root)},
-        check=True,
-    )
-    return int(result.stdout.strip().splitlines()[-1]) / 1024  # KiB -> MiB
-
-
 def bench_peaks(rounds: int, baseline: Path | None) -> dict:
     roots = {"": ROOT} | ({"baseline_": baseline} if baseline else {})
+    from bench.run import peak_mib
+
     peaks: dict[str, list[float]] = {}
     for index in range(rounds):
         for prefix, root in roots.items():

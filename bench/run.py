@@ -212,18 +212,24 @@ print(next(line.split()[1] for line in open("/proc/self/status") if line.startsw
 """
 
 
+def peak_mib(kind: str, root: Path = ROOT) -> float:
+    """The VmHWM (MiB) of a fresh process that fits ResNet50 once, ``kind`` "fp32" or "qat", with the toolkit
+    found in ``root``."""
+    result = subprocess.run(
+        [sys.executable, "-c", MEMORY_SCRIPT, kind],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        check=True,
+    )
+    return int(result.stdout.strip().splitlines()[-1]) / 1024  # KiB -> MiB
+
+
 def bench_memory() -> dict:
     peaks = {}
     for name in ("fp32", "qat", "fp32", "qat"):  # twice each, alternating
-        result = subprocess.run(
-            [sys.executable, "-c", MEMORY_SCRIPT, name],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            check=True,
-        )
-        peaks.setdefault(name, []).append(int(result.stdout.strip().splitlines()[-1]) / 1024)  # KiB -> MiB
+        peaks.setdefault(name, []).append(peak_mib(name))
     return {
         "fp32_peak_mib": peaks["fp32"],
         "qat_peak_mib": peaks["qat"],

@@ -128,7 +128,6 @@ def qdq_per_tensor(x: tf.Tensor, amax: tf.Tensor, training: bool = False) -> tf.
     return tf.cast(_qdq_v4(tf.cast(x, dtype), amax), x.dtype)
 
 
-
 def _qdq_v4(x: tf.Tensor, amax: tf.Tensor) -> tf.Tensor:
     return tf.quantization.quantize_and_dequantize_v2(
         x,

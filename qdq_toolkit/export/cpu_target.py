@@ -79,7 +79,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from qdq_toolkit.calibration import make_collector
 from qdq_toolkit.export.fold_batchnorm import fold_batchnorm
-from qdq_toolkit.export.graph_index import GraphIndex, constant_array
+from qdq_toolkit.export.graph_index import GraphIndex, attribute, constant_array
 from qdq_toolkit.tensorrt_rules import SHAPE_ONLY_OPS
 
 __all__ = [
@@ -289,10 +289,7 @@ def _weights_to_int8(graph: onnx.GraphProto) -> None:
         zero_point = index.constant_value(q.input[2]) if len(q.input) > 2 and q.input[2] else np.zeros((), np.uint8)
         if scale is None or zero_point is None:
             continue
-        axis = 1
-        for attribute in q.attribute:
-            if attribute.name == "axis":
-                axis = attribute.i
+        axis = int(attribute(q, "axis", 1))
         shape = [1] * weight.ndim
         if scale.size > 1:
             shape[axis % weight.ndim] = scale.size
@@ -340,7 +337,7 @@ def _absorbing(name: str, index: _Index, rules: OrtCpuRules) -> onnx.NodeProto |
 
 
 def _is_zero_pad(node: onnx.NodeProto, index: _Index) -> bool:
-    mode = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "mode"), b"constant")
+    mode = attribute(node, "mode", b"constant")
     if mode not in (b"constant", "constant"):
         return False
     if len(node.input) > 2 and node.input[2]:
@@ -557,39 +554,35 @@ def _fold_zero_pads(graph: onnx.GraphProto, rules: OrtCpuRules) -> None:
             after = index.consumers.get(target.output[0], [])
             if len(after) != 1 or after[0].op_type != "Conv" or target.output[0] in index.graph_outputs:
                 continue
-            perm = next((list(helper.get_attribute_value(a)) for a in target.attribute if a.name == "perm"), perm[::-1])
+            perm = list(attribute(target, "perm", perm[::-1]))
             target = after[0]
         begin, end = begin[perm], end[perm]  # in the layout of the op that absorbs them
         if target.op_type not in ("Conv", "MaxPool") or begin[:2].any() or end[:2].any():
             continue
-        if _attribute(target, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        if attribute(target, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
             continue
         spatial = rank - 2
         if target.op_type == "MaxPool":
-            kernel = list(_attribute(target, "kernel_shape", []))
-            dilations = list(_attribute(target, "dilations", [1] * spatial))
+            kernel = list(attribute(target, "kernel_shape", []))
+            dilations = list(attribute(target, "dilations", [1] * spatial))
             if (
                 pad.input[0] not in non_negative
-                or _attribute(target, "ceil_mode", 0)
+                or attribute(target, "ceil_mode", 0)
                 or len(kernel) != spatial
                 or any(d != 1 for d in dilations)
                 or any(int(max(begin[2 + i], end[2 + i])) >= kernel[i] for i in range(spatial))
             ):
                 continue
-        current = list(_attribute(target, "pads", [0] * 2 * spatial))
+        current = list(attribute(target, "pads", [0] * 2 * spatial))
         merged = [int(current[i] + begin[2 + i]) for i in range(spatial)] + [
             int(current[spatial + i] + end[2 + i]) for i in range(spatial)
         ]
-        for attribute in list(target.attribute):
-            if attribute.name == "pads":
-                target.attribute.remove(attribute)
+        for attr in list(target.attribute):
+            if attr.name == "pads":
+                target.attribute.remove(attr)
         target.attribute.append(helper.make_attribute("pads", merged))
         users[0].input[0] = pad.input[0]
         graph.node.remove(pad)
-
-
-def _attribute(node: onnx.NodeProto, name: str, default):
-    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
 def _dense_to_gemm(model: onnx.ModelProto) -> None:

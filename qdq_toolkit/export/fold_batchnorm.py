@@ -38,20 +38,13 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from qdq_toolkit.export.graph_index import GraphIndex, constant_array
+from qdq_toolkit.export.graph_index import GraphIndex, attribute, constant_array
 from qdq_toolkit.tensorrt_rules import weight_axis
 
 __all__ = ["fold_batchnorm"]
 
 _AFFINE_OPS = ("Mul", "Add")
 _CONV_OPS = ("Conv", "ConvTranspose")
-
-
-def _attribute(node: onnx.NodeProto, name: str, default):
-    for attribute in node.attribute:
-        if attribute.name == name:
-            return helper.get_attribute_value(attribute)
-    return default
 
 
 def _channel_vector(value: np.ndarray | None, channels: int, rank: int) -> np.ndarray | None:
@@ -111,7 +104,7 @@ class _Weight:
         if q.ndim <= axis:
             return
         channels = q.shape[axis]
-        dq_axis = _attribute(dq, "axis", 1)
+        dq_axis = attribute(dq, "axis", 1)
         if scale.size == 1:
             per_channel = np.full(channels, float(scale.reshape(())), dtype=np.float64)
         elif scale.size == channels and dq_axis in (axis, axis - q.ndim):
@@ -137,7 +130,7 @@ def _match(conv, initializers, made_by, consumers, graph_outputs):
     """``(affine node, weight, per-channel vector)`` when ``conv`` starts a foldable chain, else None."""
     if conv.op_type not in _CONV_OPS or conv.output[0] in graph_outputs:
         return None
-    if conv.op_type == "ConvTranspose" and _attribute(conv, "group", 1) != 1:
+    if conv.op_type == "ConvTranspose" and attribute(conv, "group", 1) != 1:
         return None  # output channel g * (C_out / group) + j: not one factor per weight slice along axis 1
     users = consumers.get(conv.output[0], [])
     if len(users) != 1 or users[0].op_type not in _AFFINE_OPS or len(users[0].input) != 2:

@@ -88,6 +88,14 @@ def constant_array(name: str, initializers: dict, producers: dict) -> np.ndarray
     return None
 
 
+def attribute(node: onnx.NodeProto, name: str, default=None):
+    """The value of ``node``'s attribute ``name`` (``onnx.helper.get_attribute_value``), or ``default``."""
+    for attr in node.attribute:
+        if attr.name == name:
+            return onnx.helper.get_attribute_value(attr)
+    return default
+
+
 def int_attr(node: onnx.NodeProto, name: str, default: int) -> int:
     for attr in node.attribute:
         if attr.name == name:
