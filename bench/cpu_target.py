@@ -19,6 +19,7 @@ Raw numbers go to ``bench/cpu_target.json``; a Markdown section is printed (appe
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import statistics
@@ -131,9 +132,6 @@ def _latency(paths: dict, batch: int, size: int, rounds: int, runs: int) -> dict
 def _profile(paths: dict, size: int, runs: int) -> dict:
     """Where each model's time goes, from ONNX Runtime's own profiler (batch 1, one intra-op thread, so that node
     times add up to the run): per op type, the median over ``runs`` runs of each node's kernel time, summed."""
-    import collections
-    import json as json_lib
-
     import numpy as np
     import onnxruntime as ort
 
@@ -152,7 +150,7 @@ def _profile(paths: dict, size: int, runs: int) -> dict:
             feed = {session.get_inputs()[0].name: x}
             for _ in range(3 + runs):
                 session.run(None, feed)
-            events = json_lib.loads(Path(session.end_profiling()).read_text())
+            events = json.loads(Path(session.end_profiling()).read_text())
             per_node: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
             runs_us, first_conv = [], None
             for event in events:
