@@ -6,7 +6,6 @@ import copy
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -252,7 +251,7 @@ def test_batchnorm_fold_is_exact(quantized):
 
 # ---------------------------------------------------------------------------------------------- Pad folding
 @pytest.fixture(scope="module")
-def padded():
+def padded(tmp_path_factory):
     """ResNet50's stem in miniature (ZeroPadding2D -> strided Conv -> BN -> ReLU -> ZeroPadding2D -> MaxPool),
     plus a ZeroPadding2D -> MaxPool on a tensor of either sign, which must keep its Pad; calibrated on digits (as
     RGB: with one channel tf2onnx writes a Reshape instead of the layout Transpose, a case the fold leaves)."""
@@ -277,8 +276,7 @@ def padded():
     quantized = quantize_model(model)
     calibration = data.train.images[:128].astype(np.float32)
     calibrate(quantized, calibration, "max", batch_size=64, progress=False)
-    with tempfile.TemporaryDirectory() as directory:
-        trt = onnx.load(keras_to_onnx(quantized, Path(directory) / "trt.onnx").path)
+    trt = onnx.load(keras_to_onnx(quantized, tmp_path_factory.mktemp("padded") / "trt.onnx").path)
     return trt, calibration, data.test.images.astype(np.float32)
 
 
