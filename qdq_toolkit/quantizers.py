@@ -175,8 +175,8 @@ def qdq_per_channel(kernel: tf.Tensor, axis: int, training: bool = False) -> tf.
     Inference (and so every exported graph) uses the ``QuantizeAndDequantizeV3`` op, which tf2onnx turns into
     QuantizeLinear/DequantizeLinear. Its CPU kernel is slow for large kernels (about 16 ms for a 3x3x512x512
     kernel), so training steps compute the same arithmetic -- ``round(w * (127 / amax)) * (amax / 127)``, exactly
-    what the V3 kernel computes, bit for bit (tested) -- fused by XLA (:func:`_fused_weight_qdq`), with V3's
-    pass-through gradient.
+    what the V3 kernel computes, bit for bit (tested) -- fused by XLA (:func:`qdq_per_channel_training`), with
+    V3's pass-through gradient.
 
     A float16/bfloat16 kernel is quantized in float32 and the result cast back (pass the float32 variable and cast
     the result yourself to keep the float32 ranges exact: that is what the wrappers do under a mixed policy).
@@ -185,7 +185,7 @@ def qdq_per_channel(kernel: tf.Tensor, axis: int, training: bool = False) -> tf.
         return tf.cast(qdq_per_channel(tf.cast(kernel, tf.float32), axis, training), kernel.dtype)
     axis = axis % kernel.shape.rank
     if training:
-        return _qdq_weights_straight_through(kernel, axis)
+        return qdq_per_channel_training(kernel, axis)[0]
     amax = per_channel_amax(kernel, axis)
     return tf.raw_ops.QuantizeAndDequantizeV3(
         input=kernel,
@@ -199,9 +199,40 @@ def qdq_per_channel(kernel: tf.Tensor, axis: int, training: bool = False) -> tf.
     )
 
 
+def qdq_per_channel_training(
+    kernel: tf.Tensor, axis: int, amax: tf.Tensor | None = None
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """A training step's weight QDQ, and the per-channel ranges it used (shaped to broadcast against ``kernel``).
+
+    ``amax=None`` computes the ranges from ``kernel`` (the forward pass). A backward pass that recomputes the QDQ
+    of the same kernel passes the forward's ranges back in: that skips the range reduction, one of the two passes
+    over the weights (about 6 of ResNet50's 22 ms, ``bench.memory``), and the result is the same, bit for bit
+    (tested). The gradient is V3's: pass-through to the kernel, none to the ranges. A float16/bfloat16 kernel is
+    quantized in float32 and the result stays float32.
+    """
+    if kernel.dtype not in QDQ_DTYPES:
+        kernel = tf.cast(kernel, tf.float32)
+    qmax = tf.constant(float(QMAX), kernel.dtype)
+    axis = axis % kernel.shape.rank
+
+    @tf.custom_gradient
+    def straight_through(kernel):
+        def grad(upstream, _ranges_upstream):
+            return upstream
+
+        if amax is None:
+            quantized, used = _fused_weight_qdq(kernel, axis, qmax)
+        else:
+            quantized, used = _weight_qdq_in_range(kernel, amax, qmax), amax
+        return (quantized, used), grad
+
+    return straight_through(kernel)
+
+
 @tf.function(jit_compile=True)
-def _fused_weight_qdq(kernel: tf.Tensor, axis: int, qmax: tf.Tensor) -> tf.Tensor:
-    """XLA-compiled ``round(w * (qmax / amax)) * (amax / qmax)`` with ``amax`` per channel along ``axis``.
+def _fused_weight_qdq(kernel: tf.Tensor, axis: int, qmax: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """XLA-compiled ``round(w * (qmax / amax)) * (amax / qmax)`` with ``amax`` per channel along ``axis``; returns
+    the result and ``amax`` (shaped to broadcast against ``kernel``).
 
     XLA fuses the range, scale, round and rescale into two passes over the kernel instead of five, which matters
     for ResNet50's 25M weights every step. ``qmax`` (127) comes in as a tensor so that XLA cannot turn
@@ -218,21 +249,13 @@ def _fused_weight_qdq(kernel: tf.Tensor, axis: int, qmax: tf.Tensor) -> tf.Tenso
     shape = [1] * kernel.shape.rank
     shape[axis] = -1
     amax = tf.reshape(amax, shape)
+    return _weight_qdq_in_range.python_function(kernel, amax, qmax), amax
+
+
+@tf.function(jit_compile=True)
+def _weight_qdq_in_range(kernel: tf.Tensor, amax: tf.Tensor, qmax: tf.Tensor) -> tf.Tensor:
+    """:func:`_fused_weight_qdq` with the ranges given: one pass over the kernel."""
     return tf.round(kernel * (qmax / amax)) * (amax / qmax)
-
-
-def _qdq_weights_straight_through(kernel: tf.Tensor, axis: int) -> tf.Tensor:
-    """V3's arithmetic for ``|kernel| <= amax`` (always true for weights: amax is their max), round half to even,
-    with V3's registered gradient: pass-through to the kernel, none to the range."""
-
-    @tf.custom_gradient
-    def straight_through(kernel):
-        def grad(upstream):
-            return upstream
-
-        return _fused_weight_qdq(kernel, axis, tf.constant(float(QMAX), kernel.dtype)), grad
-
-    return straight_through(kernel)
 
 
 def local_amax(x: tf.Tensor) -> tf.Tensor:

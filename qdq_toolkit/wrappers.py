@@ -88,8 +88,8 @@ class QDQWrapper(keras.layers.Wrapper):
         self.quantize_weights = bool(quantize_weights) and bool(self.kernel_axes)
         self.activation_range = RangeTracking.from_config(activation_range)
         self._observer: Observer | None = None
-        # Float kernels given by the recomputing call path, by attribute name (a plain namespace: Keras would track
-        # a dict attribute as layer state).
+        # Quantized kernels given by the recomputing call path, by attribute name (a plain namespace: Keras would
+        # track a dict attribute as layer state).
         self._kernel_values = SimpleNamespace(by_name={})
         # A mask passes through the wrapper exactly as through the wrapped layer (see compute_mask).
         self.supports_masking = bool(getattr(layer, "supports_masking", False))
@@ -196,9 +196,10 @@ class QDQWrapper(keras.layers.Wrapper):
         so the per-channel ranges are those of the float32 weights the exporter sees, and the result is cast to the
         layer's compute dtype.
         """
-        kernel = self._kernel_values.by_name.get(name)
-        if kernel is None:
-            kernel = getattr(self.layer, name)
+        quantized = self._kernel_values.by_name.get(name)
+        if quantized is not None:  # quantized already by the recomputing call path
+            return quantized
+        kernel = getattr(self.layer, name)
         if not self.quantize_weights or self._observer is not None:
             return kernel
         compute_dtype = self.layer.compute_dtype
@@ -243,12 +244,13 @@ class QDQWrapper(keras.layers.Wrapper):
         """A training call that keeps only the float input and kernels for the backward pass.
 
         The forward is :meth:`call`'s: QDQ of the input with its tracked range (updated here, once), QDQ of the
-        kernels, :meth:`quantized_call`. The backward recomputes the two QDQs -- element-wise, cheap -- and
-        differentiates :meth:`quantized_call` on them, so neither the fake-quantized input (which the
-        convolution's filter gradient would keep) nor the fake-quantized kernels (which its input gradient would
-        keep) stay in memory between the passes; the main op's own recomputed forward is pruned from the graph
-        when nothing in the backward reads it (a convolution or matmul followed by a bias and a linear or ReLU-free
-        epilogue). The gradients are those of :meth:`call` (tested).
+        kernels, :meth:`quantized_call`. The backward recomputes the two QDQs -- element-wise, cheap; the kernels'
+        with the per-channel ranges of the forward, so without their reduction -- and differentiates
+        :meth:`quantized_call` on them, so neither the fake-quantized input (which the convolution's filter
+        gradient would keep) nor the fake-quantized kernels (which its input gradient would keep) stay in memory
+        between the passes; the main op's own recomputed forward is pruned from the graph when nothing in the
+        backward reads it (a convolution or matmul followed by a bias and a linear or ReLU-free epilogue). The
+        gradients are those of :meth:`call` (tested).
         """
         amax_var, steps_var = self._ranges[INPUT_SLOT]
         if self.activation_range.method == "fixed":
@@ -257,22 +259,34 @@ class QDQWrapper(keras.layers.Wrapper):
             used = quantizers.tracked_range(x, amax_var, steps_var, self.activation_range)
         names = list(self.kernel_axes)
         kernels = [self._float_kernel(getattr(self.layer, name)) for name in names]
+        compute_dtype = self.layer.compute_dtype
 
-        def forward(x, *kernels):
+        def forward(x, kernels, kernel_ranges):
             # The kernels' QDQ waits for the layer's input: otherwise the executor may run every layer's weight QDQ
             # at the start of the step (its inputs are variables) and hold all the quantized kernels at once.
             with tf.control_dependencies([x]):
                 kernels = [tf.identity(kernel) for kernel in kernels]
-            self._kernel_values.by_name = dict(zip(names, kernels, strict=True))
+            quantized, ranges = zip(
+                *(
+                    quantizers.qdq_per_channel_training(kernel, self.kernel_axes[name], amax)
+                    for name, kernel, amax in zip(names, kernels, kernel_ranges, strict=True)
+                ),
+                strict=True,
+            )
+            self._kernel_values.by_name = {
+                name: ops.cast(kernel, compute_dtype) for name, kernel in zip(names, quantized, strict=True)
+            }
             try:
                 # The bare V4 op: its registered clipped straight-through gradient reads x, which the backward
                 # keeps anyway to recompute from, so no clip mask is needed here.
-                return self.quantized_call(quantizers.qdq_per_tensor(x, used), True)
+                return self.quantized_call(quantizers.qdq_per_tensor(x, used), True), list(ranges)
             finally:
                 self._kernel_values.by_name = {}
 
         @tf.custom_gradient
         def recomputing(x, *kernels):
+            outputs, kernel_ranges = forward(x, kernels, [None] * len(kernels))
+
             def grad(upstream, variables=None):
                 variables = list(variables or [])
                 # Copies that depend on the upstream gradient: without that, grappler's common-subexpression
@@ -283,14 +297,14 @@ class QDQWrapper(keras.layers.Wrapper):
                     kernels_again = [tf.identity(kernel) for kernel in kernels]
                 with tf.GradientTape() as tape:
                     tape.watch([x_again, *kernels_again])
-                    outputs = forward(x_again, *kernels_again)
+                    outputs, _ = forward(x_again, kernels_again, kernel_ranges)
                 gradients = tape.gradient(
                     outputs, [x_again, *kernels_again, *variables], output_gradients=upstream
                 )
                 count = 1 + len(kernels)
                 return gradients[:count], gradients[count:]
 
-            return forward(x, *kernels), grad
+            return outputs, grad
 
         return recomputing(x, *kernels)
 

@@ -116,8 +116,15 @@ def test_training_weight_path_is_bit_identical_to_the_exported_op():
         kernel = tf.constant((rng.normal(size=shape) * rng.uniform(0.01, 10, size=shape[axis]).reshape(
             [-1 if i == axis % len(shape) else 1 for i in range(len(shape))])).astype(np.float32))
         exported = quantizers.qdq_per_channel(kernel, axis, training=False).numpy()
-        trained = quantizers.qdq_per_channel(kernel, axis, training=True).numpy()
-        np.testing.assert_array_equal(trained, exported)
+        trained, ranges = quantizers.qdq_per_channel_training(kernel, axis)
+        np.testing.assert_array_equal(trained.numpy(), exported)
+        # the backward pass recomputes the QDQ with the forward's ranges: the same kernel, bit for bit
+        recomputed, given = quantizers.qdq_per_channel_training(kernel, axis, ranges)
+        np.testing.assert_array_equal(recomputed.numpy(), exported)
+        np.testing.assert_array_equal(given.numpy(), ranges.numpy())
+        channels = [-1 if i == axis % len(shape) else 1 for i in range(len(shape))]
+        np.testing.assert_array_equal(ranges.numpy(), np.reshape(np.abs(kernel.numpy()).max(
+            axis=tuple(i for i in range(len(shape)) if i != axis % len(shape))), channels))
     variable = tf.Variable(kernel)
     with tf.GradientTape() as tape:
         loss = tf.reduce_sum(quantizers.qdq_per_channel(variable, 2, training=True) * 3.0)
