@@ -295,7 +295,9 @@ def tracked_range(x: tf.Tensor, amax_var, steps_var, tracking: RangeTracking) ->
     steps_var.assign(steps + 1.0)
     if observed_before:
         return previous  # calibrated or trained before: no first-step branch in the traced graph
-    return tf.cond(steps > 0, lambda: previous, lambda: observed)
+    # A select, not a tf.cond: both values exist anyway, and a cond adds two branch functions per quantizer to the
+    # training graph (142 in ResNet50), which TensorFlow instantiates one by one.
+    return tf.where(steps > 0, previous, observed)
 
 
 def _observed_when_traced(steps_var) -> bool:
