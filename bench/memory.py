@@ -1,9 +1,12 @@
 """The memory and the speed of a QAT training step against FP32 (ResNet50 64x64, batch 32, ``weights=None``).
 
 1. Peak memory: one fit (256 images, batch 32, 1 epoch) per process, FP32 and QAT processes alternating; the peak
-   is the process's own VmHWM (as ``bench.run.bench_memory``). Ratio of the medians.
-2. Train step: FP32 and QAT (calibrated first) ``train_on_batch`` rounds interleaved in one process
-   (``bench.run.bench_train_step``); ratio of the medians, with the per-round spread.
+   is the process's own VmHWM (``bench.run.fit_peaks_mib``), beside the peak of the tensors TensorFlow's CPU
+   allocator held at once. Ratios of the medians.
+2. XLA's fixed cost: the RSS a process gains when it runs its first XLA-compiled function (the training weight QDQ
+   is one), measured in a fresh process.
+3. Train step: FP32 and QAT (calibrated first) ``train_on_batch`` rounds interleaved in one process
+   (``bench.run.bench_train_step``); the median of the per-round ratios, with their spread and the ratio of medians.
 
 ``--baseline DIR`` also measures the peaks of another checkout of the toolkit (e.g. the main branch), in the same
 alternation, to show the change side by side.
@@ -30,26 +33,56 @@ STEP_TARGET = 1.10
 
 def bench_peaks(rounds: int, baseline: Path | None) -> dict:
     roots = {"": ROOT} | ({"baseline_": baseline} if baseline else {})
-    from bench.run import peak_mib
+    from bench.run import fit_peaks_mib
 
     peaks: dict[str, list[float]] = {}
     for index in range(rounds):
         for prefix, root in roots.items():
             for kind in ("fp32", "qat"):
                 print(f"memory round {index + 1}/{rounds}: {prefix}{kind} ...", file=sys.stderr, flush=True)
-                peaks.setdefault(f"{prefix}{kind}_peak_mib", []).append(peak_mib(kind, root))
+                fit = fit_peaks_mib(kind, root)
+                peaks.setdefault(f"{prefix}{kind}_peak_mib", []).append(fit["rss"])
+                peaks.setdefault(f"{prefix}{kind}_tensor_peak_mib", []).append(fit["tensors"])
     result = dict(peaks)
     for prefix in roots:
-        qat, fp32 = peaks[f"{prefix}qat_peak_mib"], peaks[f"{prefix}fp32_peak_mib"]
-        result[f"{prefix}ratio_of_medians"] = statistics.median(qat) / statistics.median(fp32)
+        for figure in ("peak", "tensor_peak"):
+            qat, fp32 = peaks[f"{prefix}qat_{figure}_mib"], peaks[f"{prefix}fp32_{figure}_mib"]
+            name = "ratio_of_medians" if figure == "peak" else "tensor_ratio_of_medians"
+            result[f"{prefix}{name}"] = statistics.median(qat) / statistics.median(fp32)
     return result
 
 
+XLA_SCRIPT = """
+import os
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import tensorflow as tf
+def rss():
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmRSS:"))
+x = tf.ones((64, 64))
+tf.matmul(x, x)  # TensorFlow's own kernels warmed up
+before = rss()
+tf.function(lambda x: tf.round(x * 3.0) / 3.0, jit_compile=True)(x)
+print(rss() - before)
+"""
+
+
+def bench_xla_fixed_cost(rounds: int) -> list[float]:
+    """The RSS (MiB) a fresh process gains by running its first XLA-compiled function, once per round."""
+    import subprocess
+
+    return [
+        int(subprocess.run([sys.executable, "-c", XLA_SCRIPT], capture_output=True, text=True, check=True)
+            .stdout.strip().splitlines()[-1]) / 1024
+        for _ in range(rounds)
+    ]
+
+
 def render(results: dict, when: str, where: str, command: str, raw: str) -> str:
-    from bench.run import spread
+    from bench.run import spread, step_ratio
 
     memory, step = results["memory"], results["train_step"]
     median = statistics.median
+    xla = results.get("xla_fixed_mib")
     lines = [
         "## Memory and speed of a QAT step",
         "",
@@ -69,11 +102,20 @@ def render(results: dict, when: str, where: str, command: str, raw: str) -> str:
             f"{memory['baseline_ratio_of_medians']:.2f} ({median(memory['baseline_qat_peak_mib']):.0f} MiB vs "
             f"{median(memory['baseline_fp32_peak_mib']):.0f} MiB) | — |"
         )
-    per_round = step["qat_ratio_per_round"]
+    if "tensor_ratio_of_medians" in memory:
+        lines.append(
+            f"| peak of the tensors held at once (TensorFlow's CPU allocator), QAT ÷ FP32 | "
+            f"{memory['tensor_ratio_of_medians']:.2f} ({median(memory['qat_tensor_peak_mib']):.0f} MiB vs "
+            f"{median(memory['fp32_tensor_peak_mib']):.0f} MiB) | — |"
+        )
+    if xla:
+        lines.append(
+            f"| RSS a process gains with its first XLA function (the weight QDQ's), a fixed cost | "
+            f"{median(xla):.0f} MiB (n={len(xla)}) | — |"
+        )
     lines += [
-        f"| QAT train step ÷ FP32 train step (calibrated first, interleaved) | **{step['qat_ratio_of_medians']:.2f}** "
-        f"(per-round {min(per_round):.2f}–{max(per_round):.2f}) | ≤ {STEP_TARGET} |",
-        f"| the same, QAT from unobserved ranges | {step['qat_uncalibrated_ratio_of_medians']:.2f} | — |",
+        f"| QAT train step ÷ FP32 train step (calibrated first) | {step_ratio(step, 'qat')} | ≤ {STEP_TARGET} |",
+        f"| the same, QAT from unobserved ranges | {step_ratio(step, 'qat_uncalibrated', bold=False)} | — |",
         "",
         f"Step times (s): FP32 {spread(step['fp32_s'])}; QAT {spread(step['qat_s'])}; "
         f"QAT uncalibrated {spread(step['qat_uncalibrated_s'])}.",
@@ -100,9 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     from bench.run import _shown, bench_train_step, machine
     from bench.sections import write_section
 
-    memory_rounds, step_rounds, steps = (1, 2, 2) if args.quick else (3, 7, 5)
+    # Many short step rounds: the machine's speed drifts, and each round's ratio is taken between neighbours.
+    memory_rounds, step_rounds, steps = (1, 2, 2) if args.quick else (3, 15, 2)
     memory_rounds = args.memory_rounds or memory_rounds
     results: dict = {"memory": bench_peaks(memory_rounds, args.baseline)}
+    print("XLA's fixed cost ...", file=sys.stderr, flush=True)
+    results["xla_fixed_mib"] = bench_xla_fixed_cost(memory_rounds)
     if args.baseline is not None:
         results["baseline"] = str(args.baseline)
     print("train step ...", file=sys.stderr, flush=True)
