@@ -206,8 +206,7 @@ def qdq_per_channel_training(
 
     ``amax=None`` computes the ranges from ``kernel`` (the forward pass). A backward pass that recomputes the QDQ
     of the same kernel passes the forward's ranges back in: that skips the range reduction, one of the two passes
-    over the weights (about 6 of ResNet50's 22 ms, ``bench.memory``), and the result is the same, bit for bit
-    (tested). The gradient is V3's: pass-through to the kernel, none to the ranges. A float16/bfloat16 kernel is
+    over the weights, and the result is the same, bit for bit (tested). The gradient is V3's: pass-through to the kernel, none to the ranges. A float16/bfloat16 kernel is
     quantized in float32 and the result stays float32.
     """
     if kernel.dtype not in QDQ_DTYPES:
