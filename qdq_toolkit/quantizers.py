@@ -206,8 +206,8 @@ def qdq_per_channel_training(
 
     ``amax=None`` computes the ranges from ``kernel`` (the forward pass). A backward pass that recomputes the QDQ
     of the same kernel passes the forward's ranges back in: that skips the range reduction, one of the two passes
-    over the weights, and the result is the same, bit for bit (tested). The gradient is V3's: pass-through to the kernel, none to the ranges. A float16/bfloat16 kernel is
-    quantized in float32 and the result stays float32.
+    over the weights, and the result is the same, bit for bit (tested). The gradient is V3's: pass-through to the
+    kernel, none to the ranges. A float16/bfloat16 kernel is quantized in float32 and the result stays float32.
     """
     if kernel.dtype not in QDQ_DTYPES:
         kernel = tf.cast(kernel, tf.float32)
