@@ -110,7 +110,7 @@ def render(results: dict, when: str, where: str, command: str, raw: str) -> str:
         )
     if xla:
         lines.append(
-            f"| RSS a process gains with its first XLA function (the weight QDQ's), a fixed cost | "
+            f"| RSS a process gains when it runs its first XLA function (a small one), a fixed cost of the weight QDQ | "
             f"{median(xla):.0f} MiB (n={len(xla)}) | — |"
         )
     lines += [

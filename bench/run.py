@@ -80,7 +80,7 @@ def resnet(size: int):
 
 def bench_train_step(rounds: int, steps: int) -> dict:
     """Seconds per training step: FP32, QAT calibrated first (the walkthrough's recipe) and QAT from unobserved
-    ranges (its traced graph keeps a first-step branch per quantizer), interleaved round by round."""
+    ranges (its traced graph keeps a first-step select per quantizer), interleaved round by round."""
     import keras
     import numpy as np
 

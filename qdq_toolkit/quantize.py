@@ -270,6 +270,12 @@ def quantize_model(
         if getattr(original, "weights", None):  # ops such as x[:, 0] or x + y are operations without weights
             # Variable by variable: get_weights' NumPy copies added about 20 MiB to a ResNet50 QAT fit's peak
             # (bench.memory --baseline, 3 fits each).
+            if len(clone.weights) != len(original.weights):
+                raise ValueError(
+                    f"The copy of layer '{original.name}' ({type(original).__name__}) has {len(clone.weights)} "
+                    f"weights where the layer has {len(original.weights)}: its get_config() does not rebuild it. "
+                    "A custom layer must implement get_config() returning its constructor arguments."
+                )
             for copy, weight in zip(clone.weights, original.weights, strict=True):
                 copy.assign(weight)
     return quantized

@@ -222,7 +222,11 @@ def qdq_per_channel_training(
         if amax is None:
             quantized, used = _fused_weight_qdq(kernel, axis, qmax)
         else:
-            quantized, used = _weight_qdq_in_range(kernel, amax, qmax), amax
+            # Any layout of one value per channel (e.g. per_channel_amax's 1-D result) broadcasts along ``axis``.
+            shape = [1] * kernel.shape.rank
+            shape[axis] = -1
+            used = tf.reshape(tf.cast(amax, kernel.dtype), shape)
+            quantized = _weight_qdq_in_range(kernel, used, qmax)
         return (quantized, used), grad
 
     return straight_through(kernel)
@@ -303,8 +307,9 @@ def _observed_when_traced(steps_var) -> bool:
     """Whether a range had been observed (calibrated or trained) when the training step is traced.
 
     Read outside the graph being built (``tf.init_scope``). A model calibrated before ``fit`` -- the recommended
-    workflow -- then gets a training graph without the per-quantizer first-step ``cond``, which costs about 5 % of
-    a ResNet50 step (``bench/``). A model trained from unobserved ranges keeps the branch for that ``fit``.
+    workflow -- then quantizes with the stored range, so the batch's reduction stays off the critical path. A
+    model trained from unobserved ranges keeps the per-quantizer first-step select for that ``fit``, which waits for
+    the reduction (``bench.memory`` measures both).
     """
     try:
         with tf.init_scope():

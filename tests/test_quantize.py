@@ -261,3 +261,19 @@ def test_cases_are_checked_and_never_override_the_user():
     assert sorted(w.name for w in quantized_layers(qmodel)) == ["quant_add", "quant_gap"]
     with pytest.raises(TypeError, match="instances"):
         quantize_model(nested_model(), custom_qdq_cases=[QuantizeAllAdds])
+
+
+class _ForgetfulDense(keras.layers.Dense):
+    """A custom layer whose get_config drops an argument that changes its weights (use_bias)."""
+
+    def get_config(self):
+        config = super().get_config()
+        del config["use_bias"]
+        return config
+
+
+def test_a_layer_whose_copy_has_other_weights_is_named_in_the_error():
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, _ForgetfulDense(3, use_bias=False, name="forgetful")(inputs))
+    with pytest.raises(ValueError, match=r"layer 'forgetful' \(_ForgetfulDense\) has 2 weights where the layer has 1"):
+        quantize_model(model)

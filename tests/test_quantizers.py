@@ -122,6 +122,9 @@ def test_training_weight_path_is_bit_identical_to_the_exported_op():
         recomputed, given = quantizers.qdq_per_channel_training(kernel, axis, ranges)
         np.testing.assert_array_equal(recomputed.numpy(), exported)
         np.testing.assert_array_equal(given.numpy(), ranges.numpy())
+        # the ranges may come in as one value per channel in any layout, e.g. per_channel_amax's 1-D result
+        flat = quantizers.per_channel_amax(kernel, axis)
+        np.testing.assert_array_equal(quantizers.qdq_per_channel_training(kernel, axis, flat)[0].numpy(), exported)
         channels = [-1 if i == axis % len(shape) else 1 for i in range(len(shape))]
         np.testing.assert_array_equal(ranges.numpy(), np.reshape(np.abs(kernel.numpy()).max(
             axis=tuple(i for i in range(len(shape)) if i != axis % len(shape))), channels))
