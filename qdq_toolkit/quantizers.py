@@ -223,9 +223,7 @@ def qdq_per_channel_training(
             quantized, used = _fused_weight_qdq(kernel, axis, qmax)
         else:
             # Any layout of one value per channel (e.g. per_channel_amax's 1-D result) broadcasts along ``axis``.
-            shape = [1] * kernel.shape.rank
-            shape[axis] = -1
-            used = tf.reshape(tf.cast(amax, kernel.dtype), shape)
+            used = tf.reshape(tf.cast(amax, kernel.dtype), _channel_shape(kernel.shape.rank, axis))
             quantized = _weight_qdq_in_range(kernel, used, qmax)
         return (quantized, used), grad
 
@@ -248,11 +246,15 @@ def _fused_weight_qdq(kernel: tf.Tensor, axis: int, qmax: tf.Tensor) -> tuple[tf
     traced shape, and after kernels of two ranks with one ``axis`` (a depthwise 2-D and a 1-D convolution, both
     axis 2) to an unknown rank, on which the per-channel reduction cannot be built.
     """
-    amax = per_channel_amax(kernel, axis)
-    shape = [1] * kernel.shape.rank
-    shape[axis] = -1
-    amax = tf.reshape(amax, shape)
+    amax = tf.reshape(per_channel_amax(kernel, axis), _channel_shape(kernel.shape.rank, axis))
     return _weight_qdq_in_range.python_function(kernel, amax, qmax), amax
+
+
+def _channel_shape(rank: int, axis: int) -> list[int]:
+    """The shape that broadcasts one value per channel along ``axis`` against a rank-``rank`` kernel."""
+    shape = [1] * rank
+    shape[axis] = -1
+    return shape
 
 
 @tf.function(jit_compile=True)

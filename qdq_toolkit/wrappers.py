@@ -266,20 +266,16 @@ class QDQWrapper(keras.layers.Wrapper):
             # at the start of the step (its inputs are variables) and hold all the quantized kernels at once.
             with tf.control_dependencies([x]):
                 kernels = [tf.identity(kernel) for kernel in kernels]
-            quantized, ranges = zip(
-                *(
-                    quantizers.qdq_per_channel_training(kernel, self.kernel_axes[name], amax)
-                    for name, kernel, amax in zip(names, kernels, kernel_ranges, strict=True)
-                ),
-                strict=True,
-            )
-            self._kernel_values.by_name = {
-                name: ops.cast(kernel, compute_dtype) for name, kernel in zip(names, quantized, strict=True)
-            }
+            quantized, ranges = {}, []
+            for name, kernel, amax in zip(names, kernels, kernel_ranges, strict=True):
+                kernel, amax = quantizers.qdq_per_channel_training(kernel, self.kernel_axes[name], amax)
+                quantized[name] = ops.cast(kernel, compute_dtype)
+                ranges.append(amax)
+            self._kernel_values.by_name = quantized
             try:
                 # The bare V4 op: its registered clipped straight-through gradient reads x, which the backward
                 # keeps anyway to recompute from, so no clip mask is needed here.
-                return self.quantized_call(quantizers.qdq_per_tensor(x, used), True), list(ranges)
+                return self.quantized_call(quantizers.qdq_per_tensor(x, used), True), ranges
             finally:
                 self._kernel_values.by_name = {}
 
