@@ -1,7 +1,7 @@
 """The memory and the speed of a QAT training step against FP32 (ResNet50 64x64, batch 32, ``weights=None``).
 
 1. Peak memory: one fit (256 images, batch 32, 1 epoch) per process, FP32 and QAT processes alternating; the peak
-   is the process's own VmHWM (``bench.run.fit_peaks_mib``), beside the peak of the tensors TensorFlow's CPU
+   is the process's own VmHWM (``bench.run.bench_peaks``), beside the peak of the tensors TensorFlow's CPU
    allocator held at once. Ratios of the medians.
 2. XLA's fixed cost: the RSS a process gains when it runs its first XLA-compiled function (the training weight QDQ
    is one), measured in a fresh process.
@@ -21,6 +21,7 @@ import datetime as dt
 import json
 import os
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 
@@ -29,27 +30,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parents[1]
 MEMORY_TARGET = 1.15
 STEP_TARGET = 1.10
-
-
-def bench_peaks(rounds: int, baseline: Path | None) -> dict:
-    roots = {"": ROOT} | ({"baseline_": baseline} if baseline else {})
-    from bench.run import fit_peaks_mib
-
-    peaks: dict[str, list[float]] = {}
-    for index in range(rounds):
-        for prefix, root in roots.items():
-            for kind in ("fp32", "qat"):
-                print(f"memory round {index + 1}/{rounds}: {prefix}{kind} ...", file=sys.stderr, flush=True)
-                fit = fit_peaks_mib(kind, root)
-                peaks.setdefault(f"{prefix}{kind}_peak_mib", []).append(fit["rss"])
-                peaks.setdefault(f"{prefix}{kind}_tensor_peak_mib", []).append(fit["tensors"])
-    result = dict(peaks)
-    for prefix in roots:
-        for figure in ("peak", "tensor_peak"):
-            qat, fp32 = peaks[f"{prefix}qat_{figure}_mib"], peaks[f"{prefix}fp32_{figure}_mib"]
-            name = "ratio_of_medians" if figure == "peak" else "tensor_ratio_of_medians"
-            result[f"{prefix}{name}"] = statistics.median(qat) / statistics.median(fp32)
-    return result
 
 
 XLA_SCRIPT = """
@@ -68,8 +48,6 @@ print(rss() - before)
 
 def bench_xla_fixed_cost(rounds: int) -> list[float]:
     """The RSS (MiB) a fresh process gains by running its first XLA-compiled function, once per round."""
-    import subprocess
-
     return [
         int(subprocess.run([sys.executable, "-c", XLA_SCRIPT], capture_output=True, text=True, check=True)
             .stdout.strip().splitlines()[-1]) / 1024
@@ -139,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.baseline is not None and not (args.baseline / "qdq_toolkit").is_dir():
         print(f"error: --baseline {args.baseline} holds no qdq_toolkit package", file=sys.stderr)
         return 1
-    from bench.run import _shown, bench_train_step, machine
+    from bench.run import _shown, bench_peaks, bench_train_step, machine
     from bench.sections import write_section
 
     # Many short step rounds: the machine's speed drifts, and each round's ratio is taken between neighbours.

@@ -57,9 +57,12 @@ def machine() -> str:
 
 
 def step_ratio(train: dict, name: str, bold: bool = True) -> str:
-    """The cell of a step ratio: the median of the per-round ratios, their spread, and the ratio of medians."""
+    """The cell of a step ratio: the median of the per-round ratios, their spread, and the ratio of medians.
+
+    Paired: each round's QAT time over the FP32 time measured next to it, so a drift of the machine's speed during
+    the run (other tenants) cancels out, which it does not in the ratio of the two medians."""
     per_round = train[f"{name}_ratio_per_round"]
-    paired = train.get(f"{name}_ratio_median_of_rounds", statistics.median(per_round))
+    paired = statistics.median(per_round)
     headline = f"**{paired:.2f}**" if bold else f"{paired:.2f}"
     return (
         f"{headline} (median of {len(per_round)} interleaved rounds, {min(per_round):.2f}–{max(per_round):.2f}; "
@@ -113,11 +116,7 @@ def bench_train_step(rounds: int, steps: int) -> dict:
     result = {f"{name}_s": values for name, values in times.items()}
     for name in ("qat", "qat_uncalibrated"):
         result[f"{name}_ratio_of_medians"] = statistics.median(times[name]) / statistics.median(times["fp32"])
-        per_round = [q / f for q, f in zip(times[name], times["fp32"], strict=True)]
-        result[f"{name}_ratio_per_round"] = per_round
-        # Paired: each round's QAT time over the FP32 time measured next to it, so a drift of the machine's speed
-        # during the run (other tenants) cancels out, which it does not in the ratio of the two medians.
-        result[f"{name}_ratio_median_of_rounds"] = statistics.median(per_round)
+        result[f"{name}_ratio_per_round"] = [q / f for q, f in zip(times[name], times["fp32"], strict=True)]
     return result
 
 
@@ -248,20 +247,25 @@ def fit_peaks_mib(kind: str, root: Path = ROOT) -> dict[str, float]:
     return {"rss": int(rss) / 1024, "tensors": int(tensors) / 1024}  # KiB -> MiB
 
 
-def peak_mib(kind: str, root: Path = ROOT) -> float:
-    """The VmHWM (MiB) of :func:`fit_peaks_mib`."""
-    return fit_peaks_mib(kind, root)["rss"]
-
-
-def bench_memory() -> dict:
-    peaks = {}
-    for name in ("fp32", "qat", "fp32", "qat"):  # twice each, alternating
-        peaks.setdefault(name, []).append(peak_mib(name))
-    return {
-        "fp32_peak_mib": peaks["fp32"],
-        "qat_peak_mib": peaks["qat"],
-        "ratio_of_medians": statistics.median(peaks["qat"]) / statistics.median(peaks["fp32"]),
-    }
+def bench_peaks(rounds: int, baseline: Path | None = None) -> dict:
+    """:func:`fit_peaks_mib` of FP32 and QAT fits, alternating, ``rounds`` of each (and of the toolkit in
+    ``baseline``, keys prefixed ``baseline_``, in the same alternation); the ratios of the medians."""
+    roots = {"": ROOT} | ({"baseline_": baseline} if baseline else {})
+    peaks: dict[str, list[float]] = {}
+    for index in range(rounds):
+        for prefix, root in roots.items():
+            for kind in ("fp32", "qat"):
+                print(f"memory round {index + 1}/{rounds}: {prefix}{kind} ...", file=sys.stderr, flush=True)
+                fit = fit_peaks_mib(kind, root)
+                peaks.setdefault(f"{prefix}{kind}_peak_mib", []).append(fit["rss"])
+                peaks.setdefault(f"{prefix}{kind}_tensor_peak_mib", []).append(fit["tensors"])
+    result = dict(peaks)
+    for prefix in roots:
+        for figure in ("peak", "tensor_peak"):
+            qat, fp32 = peaks[f"{prefix}qat_{figure}_mib"], peaks[f"{prefix}fp32_{figure}_mib"]
+            name = "ratio_of_medians" if figure == "peak" else "tensor_ratio_of_medians"
+            result[f"{prefix}{name}"] = statistics.median(qat) / statistics.median(fp32)
+    return result
 
 
 def _shown(path: Path) -> str:
@@ -359,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         print("ONNX Runtime latency ...", file=sys.stderr, flush=True)
         results["onnx_latency"] = bench_onnx_latency(workdir, runs)
         print("memory ...", file=sys.stderr, flush=True)
-        results["memory"] = bench_memory()
+        results["memory"] = bench_peaks(2)
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     text = render(results, when, machine(), command, _shown(raw))
     from qdq_toolkit._files import write_atomically
