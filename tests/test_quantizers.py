@@ -181,3 +181,57 @@ def test_half_precision_is_quantized_in_float32(dtype):
     assert got.dtype == dtype
     want = tf.cast(quantizers.qdq_per_channel(tf.cast(kernel, tf.float32), -1), dtype)
     np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+def _traced(fn, *args):
+    """``fn``'s results in a tf.function, and the op types of the traced graph (the gradient included)."""
+    function = tf.function(fn)
+    return function(*args), {op.type for op in function.get_concrete_function(*args).graph.get_operations()}
+
+
+@pytest.mark.parametrize("relu", [tf.nn.relu, tf.nn.relu6])
+def test_a_relu_output_takes_one_range_reduction_and_no_clip_mask(relu):
+    """A ReLU's output is never negative and is kept for the backward pass by the ReLU's own gradient: its range is
+    one reduction and its training QDQ the bare V4 op, with the values and gradients of the general path."""
+    rng = np.random.default_rng(8)
+    x = rng.normal(0, 4, size=(32, 17)).astype(np.float32)
+    x[0, :3] = [0.0, 3.0, 3.0000002]  # a zero, and the range's edge
+    upstream = tf.constant(rng.normal(size=x.shape).astype(np.float32))
+
+    def step(x, through):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            activation = through(relu(x))
+            y = quantizers.qdq_per_tensor(activation, tf.constant(3.0), training=True)
+            loss = tf.reduce_sum(y * upstream)
+        return y, quantizers.local_amax(activation), tape.gradient(loss, x)
+
+    (got, got_amax, got_grad), relu_ops = _traced(lambda x: step(x, lambda a: a), tf.constant(x))
+    # tf.identity hides the ReLU from the quantizer: the general path (two reductions, the one-byte mask)
+    (want, want_amax, want_grad), general_ops = _traced(lambda x: step(x, tf.identity), tf.constant(x))
+    assert {"Min", "LogicalAnd"} <= general_ops
+    assert not {"Min", "LogicalAnd"} & relu_ops and "QuantizeAndDequantizeV4Grad" in relu_ops
+    np.testing.assert_array_equal(got.numpy(), want.numpy())
+    np.testing.assert_array_equal(got_grad.numpy(), want_grad.numpy())
+    assert float(got_amax) == float(want_amax) == float(np.max(relu(x)))
+    assert (got_grad.numpy() == 0).any() and (got_grad.numpy() != 0).any()
+    # a NaN in the batch shows in the one reduction as in the two, so the range update skips it alike
+    nan = x.copy()
+    nan[3, 3] = np.nan
+    amax_of = tf.function(lambda x, through: quantizers.local_amax(through(relu(x))))
+    assert np.isnan(amax_of(tf.constant(nan), lambda a: a)) and np.isnan(amax_of(tf.constant(nan), tf.identity))
+
+
+def test_a_half_precision_relu_output_keeps_its_clip_mask():
+    """Under a mixed policy the QDQ reads a float32 cast of the ReLU's output, which nothing else keeps: the mask
+    (one byte per element) stays cheaper than V4's gradient keeping that cast (four)."""
+    x = tf.constant(np.random.default_rng(9).normal(size=(8, 5)).astype(np.float32))
+
+    def step(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = quantizers.qdq_per_tensor(tf.nn.relu(tf.cast(x, tf.bfloat16)), tf.constant(1.0), training=True)
+        return tape.gradient(tf.reduce_sum(tf.cast(y, tf.float32)), x)
+
+    _, ops = _traced(step, x)
+    assert "LogicalAnd" in ops and "QuantizeAndDequantizeV4Grad" not in ops
