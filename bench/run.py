@@ -83,7 +83,11 @@ def resnet(size: int):
 
 def bench_train_step(rounds: int, steps: int) -> dict:
     """Seconds per training step: FP32, QAT calibrated first (the walkthrough's recipe) and QAT from unobserved
-    ranges (its traced graph keeps a first-step select per quantizer), interleaved round by round."""
+    ranges (its traced graph keeps a first-step select per quantizer), interleaved round by round.
+
+    The order within a round rotates (round ``r`` starts with model ``r mod 3``), so that a bias of a position in
+    the round -- e.g. the first model after a pause paying for cold caches -- falls on every model alike instead of
+    on the same one: pairing the rounds cancels drift between rounds, not a bias within them."""
     import keras
     import numpy as np
 
@@ -107,8 +111,11 @@ def bench_train_step(rounds: int, steps: int) -> dict:
         for _ in range(3):  # trace and warm up
             model.train_on_batch(x, y)
     times = {name: [] for name in models}
-    for _ in range(rounds):
-        for name, model in models.items():
+    names = list(models)
+    for index in range(rounds):
+        shift = index % len(names)
+        for name in names[shift:] + names[:shift]:
+            model = models[name]
             start = time.perf_counter()
             for _ in range(steps):
                 model.train_on_batch(x, y)
