@@ -11,8 +11,7 @@ Op choices (checked on TF 2.19-2.21 and tf2onnx 1.17, see DESIGN.md):
   ``-amax <= x <= amax`` and is zero outside, which is the estimator TensorRT's own QAT recipes use for
   activations (values clipped by the quantizer do not learn from a gradient they did not produce). Training steps
   compute that same gradient from a one-byte mask under a ``tf.custom_gradient`` (:func:`qdq_per_tensor`), so the
-  backward pass does not keep the op's float input alive -- unless the input is a ReLU's output, which the ReLU's
-  own gradient keeps anyway (:func:`_relu_output`).
+  backward pass does not keep the op's float input alive.
 * Weights use ``QuantizeAndDequantizeV3`` with vector ranges and an ``axis``: V4 rejects vector ranges at run time
   on CPU ("input_min must be a scalar"). V3's registered gradient is a plain pass-through. Because the weight range
   is ``max |w|`` of each channel, no weight is ever outside it, so plain and clipped straight-through coincide and
@@ -120,15 +119,12 @@ def qdq_per_tensor(x: tf.Tensor, amax: tf.Tensor, training: bool = False) -> tf.
     op runs under a :func:`tf.custom_gradient` that keeps a one-byte mask ``|x| <= amax`` for the backward pass
     instead of the op's float input, which the registered ``QuantizeAndDequantizeV4Grad`` keeps (four bytes per
     element, in float32) until the backward pass reaches it. The gradient is the same, element for element
-    (tested against the registered one). A float32 ReLU output is the exception: the backward pass keeps it
-    anyway, so training uses the bare op there too.
+    (tested against the registered one).
     """
     dtype = arithmetic_dtype(x.dtype)
     amax = tf.cast(tf.maximum(amax, MIN_AMAX), dtype)
-    if training and not (x.dtype == dtype and _relu_output(x)):
+    if training:
         return _qdq_activation_straight_through(x, amax, dtype)
-    # A ReLU's output is kept for the backward pass by the ReLU's gradient: V4's registered gradient reading it
-    # costs no memory, and saves the mask's three passes over x (same gradient, tested).
     return tf.cast(_qdq_v4(tf.cast(x, dtype), amax), x.dtype)
 
 
@@ -268,29 +264,8 @@ def _weight_qdq_in_range(kernel: tf.Tensor, amax: tf.Tensor, qmax: tf.Tensor) ->
 
 
 def local_amax(x: tf.Tensor) -> tf.Tensor:
-    """``max |x|`` of this replica's batch as float32 (``max(max x, -min x)``: no ``|x|`` tensor is materialised).
-
-    A ReLU's output is never negative, so there it is ``max x``: one pass over the batch instead of two, and the
-    same value (a NaN propagates through ``reduce_max`` and ``reduce_min`` alike; tested).
-    """
-    if _relu_output(x):
-        return tf.cast(tf.reduce_max(x), tf.float32)
+    """``max |x|`` of this replica's batch as float32 (``max(max x, -min x)``: no ``|x|`` tensor is materialised)."""
     return tf.cast(tf.maximum(tf.reduce_max(x), -tf.reduce_min(x)), tf.float32)
-
-
-#: Ops whose output is never negative and whose registered gradient reads that output, so the backward pass keeps
-#: it: TensorFlow's ``_ReluGrad`` is ``relu_grad(grad, op.outputs[0])``, ``_Relu6Grad`` likewise
-#: (``tensorflow/python/ops/nn_grad.py``). Keras' ``relu`` activation and ``ReLU`` layer with their defaults, and
-#: ``relu6``, trace to these ops.
-_RELU_OPS = frozenset({"Relu", "Relu6"})
-
-
-def _relu_output(x: tf.Tensor) -> bool:
-    """Whether ``x`` is the output of a ReLU op in the graph being traced (never for an eager tensor)."""
-    try:
-        return x.op.type in _RELU_OPS
-    except AttributeError:  # "Tensor.op is undefined when eager execution is enabled"
-        return False
 
 
 def batch_amax(x: tf.Tensor) -> tf.Tensor:
