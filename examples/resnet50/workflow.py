@@ -57,6 +57,7 @@ class Config:
     calibration_method: str = "percentile"
     calibration_batches: int = 16
     max_eval_samples: int | None = None
+    train_batches: int | None = None  # CPU mode: train on the first N batches of the split each epoch (None: all)
     latency_batch_sizes: tuple[int, ...] = (1, 8, 32)
     latency_runs: int = 20
     engine_batch_sizes: tuple[int, ...] = (1, 8, 32)
@@ -91,6 +92,7 @@ def cpu_config(
         qat_learning_rate=1e-4 if small else 1e-5,
         qat_optimizer="adam",  # the baselines are trained with Adam; SGD's raw steps overshoot their sharp minimum
         calibration_batches=4 if fast else 16,
+        train_batches=4 if fast else None,
         latency_batch_sizes=(1,) if fast else (1, 32),
         latency_runs=3 if fast else 20,
         force=force,
@@ -144,6 +146,8 @@ def load_data(config: Config) -> Data:
         train = digits.train.as_dataset(config.batch_size, shuffle=True, seed=config.seed)
         if config.arch == "resnet50":
             train = _augmented(train, config.seed)
+        if config.train_batches is not None:
+            train = train.take(config.train_batches)
         calibration = digits.train.as_dataset(config.batch_size).take(config.calibration_batches)
         evaluation = array_dataset(
             digits.test.images,
