@@ -6,6 +6,9 @@ TensorRT's float32 Q/DQ use. The exporter must see a float32 model: traced as is
 the half type between every layer and quantize half-precision tensors. :func:`float32_model` rebuilds the model
 with every layer under the float32 policy and the same weights and ranges (the variables are float32 already, so
 nothing is rounded); ``keras_to_onnx(..., fp16=True)`` then writes the float parts in float16 as usual.
+
+A float64 model exports the same way, as its float32 rebuild: its weights and ranges are rounded to float32, the
+precision TensorRT computes in (and ONNX's QuantizeLinear takes float32 input at opset 13).
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ def float32_model(model: keras.Model) -> keras.Model:
 
     The rebuild deserializes the model's own config with every layer's ``dtype`` set to ``"float32"`` and copies
     every variable (kernels, BatchNorm statistics, activation ranges and their observed-step counters), so a QAT
-    model trained under a mixed policy exports the ranges it trained. ``model`` is not modified.
+    model trained under a mixed policy exports the ranges it trained (a float64 model's, rounded to float32).
+    ``model`` is not modified.
 
     Raises:
         ValueError: the model's config cannot be rebuilt (e.g. a custom layer without ``get_config``), with what to do.
@@ -70,13 +74,16 @@ def _float32_config(config):
 
 #: Policy names whose layers compute in half precision.
 HALF_POLICIES = ("mixed_float16", "mixed_bfloat16", "float16", "bfloat16")
+#: Policies the export rebuilds as float32: the half ones, and float64 (ONNX's QuantizeLinear takes float32 input
+#: at opset 13, and TensorRT computes in float32 anyway; a float64 model's weights and ranges are rounded to float32).
+REBUILT_POLICIES = (*HALF_POLICIES, "float64")
 
 
 def _is_float_policy(value) -> bool:
-    """A serialized dtype (a policy name or a ``DTypePolicy`` config) that computes in half precision."""
+    """A serialized dtype (a policy name or a ``DTypePolicy`` config) that the export rebuilds as float32."""
     if isinstance(value, dict) and value.get("class_name") in ("DTypePolicy", "FloatDTypePolicy"):
         value = value.get("config", {}).get("name")
-    return isinstance(value, str) and value in HALF_POLICIES
+    return isinstance(value, str) and value in REBUILT_POLICIES
 
 
 def _all_layers(model: keras.Model):

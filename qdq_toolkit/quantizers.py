@@ -295,7 +295,7 @@ def tracked_range(x: tf.Tensor, amax_var, steps_var, tracking: RangeTracking) ->
     observed_before = _observed_when_traced(steps_var)  # read before this step's update, also when eager
     previous = tf.convert_to_tensor(amax_var)
     steps = tf.convert_to_tensor(steps_var)
-    observed = batch_amax(x)
+    observed = tf.cast(batch_amax(x), previous.dtype)  # float64 in a float64 model
     amax_var.assign(updated_amax(previous, steps, observed, tracking))
     steps_var.assign(steps + 1.0)
     if observed_before:
@@ -326,7 +326,8 @@ def updated_amax(
     """The new range after a training step that observed ``observed = max |x|``.
 
     ``observed_steps`` counts the updates (or calibrations) this range has had; the first one takes the observed
-    value as is. A non-finite observation (NaN or Inf in the batch) leaves the range unchanged.
+    value as is. A non-finite observation (NaN or Inf in the batch) leaves the range unchanged. Computed in the
+    dtype of ``amax`` (the range variable's: float32, or float64 in a float64 model).
     """
     if tracking.method == "fixed":
         return amax
@@ -335,7 +336,7 @@ def updated_amax(
     elif tracking.method == "max":
         new = tf.maximum(amax, observed)
     else:
-        decay = tf.constant(tracking.decay, tf.float32)
+        decay = tf.constant(tracking.decay, amax.dtype)
         new = decay * amax + (1.0 - decay) * observed
     new = tf.where(observed_steps > 0, new, observed)
     new = tf.where(tf.math.is_finite(observed), new, amax)

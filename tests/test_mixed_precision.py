@@ -99,3 +99,31 @@ def test_float16_qat_trains_with_the_loss_scale_optimizer(digits, fp32_model):
         for slot, amax in wrapper.activation_ranges().items():
             assert amax.dtype == "float32" and np.isfinite(amax.numpy()) and float(amax.numpy()) > 0, slot
         assert wrapper.unobserved_ranges() == []
+
+
+def test_float64_qat_trains_in_float64_and_exports_its_float32_rebuild(digits, fp32_model, tmp_path):
+    """A float64 model quantizes in float64 while it trains (ranges too) and exports as float32, which ONNX's
+    QuantizeLinear takes and TensorRT computes in: the exported scales are its trained ranges rounded to float32."""
+    qat = quantize_model(under_policy("float64", fp32_model, digits.input_shape, digits.num_classes))
+    assert {w.compute_dtype for w in quantized_layers(qat)} == {"float64"}
+    qat.compile(keras.optimizers.Adam(1e-4), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    qat.fit(digits.train.images, digits.train.labels, epochs=1, batch_size=64, verbose=0)
+    ranges = [a for w in quantized_layers(qat) for a in w.activation_ranges().values()]
+    assert {a.dtype for a in ranges} == {"float64"}
+    assert all(w.unobserved_ranges() == [] for w in quantized_layers(qat))  # every range trained
+
+    result = keras_to_onnx(qat, tmp_path / "qat.onnx")
+    assert result.violations == []
+    graph = onnx.load(result.path)
+    types = {v.type.tensor_type.elem_type for v in [*graph.graph.value_info, *graph.graph.input, *graph.graph.output]}
+    types |= {init.data_type for init in graph.graph.initializer}
+    assert onnx.TensorProto.DOUBLE not in types
+    per_tensor = sorted(v[0] for v in onnx_scales(graph).values() if len(v) == 1)
+    want = sorted(float(np.float32(float(a.numpy()))) / 127 for a in ranges)
+    np.testing.assert_allclose(per_tensor, want, rtol=1e-6)
+    images = digits.test.images
+    keras_top1 = np.asarray(qat.predict(images, verbose=0)).argmax(1)
+    onnx_top1 = onnx_predict(result.path, images.astype(np.float32)).argmax(1)
+    agreement = float((keras_top1 == onnx_top1).mean())
+    assert agreement >= 0.97, f"ONNX Runtime agrees with the float64 QAT model on {agreement:.1%} of digits"
+    assert float((onnx_top1 == digits.test.labels).mean()) > 0.5
