@@ -8,6 +8,10 @@
 3. Train step: FP32 and QAT (calibrated first) ``train_on_batch`` rounds interleaved in one process
    (``bench.run.bench_train_step``); the median of the per-round ratios, with their spread and the ratio of medians.
 
+Both the peaks and the step are also measured for QAT with every wrapper's ``recompute_quantized_in_backward``
+off (``qat_stored``: the backward keeps the forward's quantized inputs and kernels instead of recomputing them),
+which shows what the default's memory saving costs in step time, side by side.
+
 ``--baseline DIR`` also measures the peaks of another checkout of the toolkit (e.g. the main branch), in the same
 alternation, to show the change side by side.
 
@@ -86,6 +90,13 @@ def render(results: dict, when: str, where: str, command: str, raw: str) -> str:
             f"{memory['tensor_ratio_of_medians']:.2f} ({median(memory['qat_tensor_peak_mib']):.0f} MiB vs "
             f"{median(memory['fp32_tensor_peak_mib']):.0f} MiB) | — |"
         )
+    if "qat_stored_ratio_of_medians" in memory:
+        lines.append(
+            "| peak RSS of a QAT fit storing its quantized inputs and kernels for the backward (recompute off) ÷ FP32 | "
+            f"{memory['qat_stored_ratio_of_medians']:.2f} ({median(memory['qat_stored_peak_mib']):.0f} MiB; tensors "
+            f"{memory['qat_stored_tensor_ratio_of_medians']:.2f}, {median(memory['qat_stored_tensor_peak_mib']):.0f} MiB)"
+            " | — |"
+        )
     if xla:
         lines.append(
             f"| RSS a process gains when it runs its first XLA function (a small one), a fixed cost of the weight QDQ | "
@@ -94,9 +105,17 @@ def render(results: dict, when: str, where: str, command: str, raw: str) -> str:
     lines += [
         f"| QAT train step ÷ FP32 train step (calibrated first) | {step_ratio(step, 'qat')} | ≤ {STEP_TARGET} |",
         f"| the same, QAT from unobserved ranges | {step_ratio(step, 'qat_uncalibrated', bold=False)} | — |",
+    ]
+    if "qat_stored_s" in step:
+        lines.append(
+            "| QAT train step storing its quantized inputs and kernels for the backward (recompute off) ÷ FP32 | "
+            f"{step_ratio(step, 'qat_stored', bold=False)} | — |"
+        )
+    lines += [
         "",
         f"Step times (s): FP32 {spread(step['fp32_s'])}; QAT {spread(step['qat_s'])}; "
-        f"QAT uncalibrated {spread(step['qat_uncalibrated_s'])}.",
+        f"QAT uncalibrated {spread(step['qat_uncalibrated_s'])}"
+        + (f"; QAT storing {spread(step['qat_stored_s'])}." if "qat_stored_s" in step else "."),
         "",
     ]
     return "\n".join(lines)
@@ -123,13 +142,13 @@ def main(argv: list[str] | None = None) -> int:
     # Many short step rounds: the machine's speed drifts, and each round's ratio is taken between neighbours.
     memory_rounds, step_rounds, steps = (1, 2, 2) if args.quick else (3, 15, 2)
     memory_rounds = args.memory_rounds or memory_rounds
-    results: dict = {"memory": bench_peaks(memory_rounds, args.baseline)}
+    results: dict = {"memory": bench_peaks(memory_rounds, args.baseline, stored=True)}
     print("XLA's fixed cost ...", file=sys.stderr, flush=True)
     results["xla_fixed_mib"] = bench_xla_fixed_cost(memory_rounds)
     if args.baseline is not None:
         results["baseline"] = str(args.baseline)
     print("train step ...", file=sys.stderr, flush=True)
-    results["train_step"] = bench_train_step(step_rounds, steps)
+    results["train_step"] = bench_train_step(step_rounds, steps, stored=True)
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     command = "python -m bench.memory" + (" --quick" if args.quick else "")
     if args.memory_rounds:

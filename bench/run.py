@@ -81,31 +81,49 @@ def resnet(size: int):
     return keras.applications.ResNet50(weights=None, input_shape=(size, size, 3), classes=1000)
 
 
-def bench_train_step(rounds: int, steps: int) -> dict:
-    """Seconds per training step: FP32, QAT calibrated first (the walkthrough's recipe) and QAT from unobserved
-    ranges (its traced graph keeps a first-step select per quantizer), interleaved round by round.
+#: The QAT models the benches train: ``qat`` is the default training path; ``qat_stored`` turns off every
+#: wrapper's ``recompute_quantized_in_backward``, so the backward keeps the quantized inputs and kernels of the
+#: forward instead of recomputing them (the memory-for-time trade the default makes, measured side by side).
+QAT_KINDS = ("qat", "qat_stored")
 
-    The order within a round rotates (round ``r`` starts with model ``r mod 3``), so that a bias of a position in
+
+def qat_resnet(fp32, kind: str = "qat"):
+    """``quantize_model(fp32)`` with :class:`ResNetV1QDQCase`, on the training path ``kind`` (:data:`QAT_KINDS`)."""
+    from custom_cases import ResNetV1QDQCase
+    from qdq_toolkit import quantize_model, quantized_layers
+
+    if kind not in QAT_KINDS:
+        raise ValueError(f"unknown QAT kind {kind!r}; one of {QAT_KINDS}")
+    model = quantize_model(fp32, custom_qdq_cases=[ResNetV1QDQCase()])
+    if kind == "qat_stored":
+        for wrapper in quantized_layers(model):
+            wrapper.recompute_quantized_in_backward = False
+    return model
+
+
+def bench_train_step(rounds: int, steps: int, stored: bool = False) -> dict:
+    """Seconds per training step: FP32, QAT calibrated first (the walkthrough's recipe) and QAT from unobserved
+    ranges (its traced graph keeps a first-step select per quantizer), interleaved round by round; with ``stored``
+    also ``qat_stored`` (calibrated, the backward keeps the forward's quantized tensors: :func:`qat_resnet`).
+
+    The order within a round rotates (round ``r`` starts with model ``r mod n``), so that a bias of a position in
     the round -- e.g. the first model after a pause paying for cold caches -- falls on every model alike instead of
     on the same one: pairing the rounds cancels drift between rounds, not a bias within them."""
     import keras
     import numpy as np
 
-    from custom_cases import ResNetV1QDQCase
-    from qdq_toolkit import quantize_model
     from qdq_toolkit.calibration import calibrate
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(32, 64, 64, 3)).astype(np.float32)
     y = rng.integers(0, 1000, size=32)
     fp32 = resnet(64)
-    calibrated = quantize_model(fp32, custom_qdq_cases=[ResNetV1QDQCase()])
-    calibrate(calibrated, x, batch_size=32, progress=False)
-    models = {
-        "fp32": fp32,
-        "qat": calibrated,
-        "qat_uncalibrated": quantize_model(fp32, custom_qdq_cases=[ResNetV1QDQCase()]),
-    }
+    models = {"fp32": fp32, "qat": qat_resnet(fp32), "qat_uncalibrated": qat_resnet(fp32)}
+    if stored:
+        models["qat_stored"] = qat_resnet(fp32, "qat_stored")
+    for name in ("qat", "qat_stored"):
+        if name in models:
+            calibrate(models[name], x, batch_size=32, progress=False)
     for model in models.values():
         model.compile(keras.optimizers.SGD(1e-3), keras.losses.SparseCategoricalCrossentropy())
         for _ in range(3):  # trace and warm up
@@ -121,7 +139,7 @@ def bench_train_step(rounds: int, steps: int) -> dict:
                 model.train_on_batch(x, y)
             times[name].append((time.perf_counter() - start) / steps)
     result = {f"{name}_s": values for name, values in times.items()}
-    for name in ("qat", "qat_uncalibrated"):
+    for name in (n for n in models if n != "fp32"):
         result[f"{name}_ratio_of_medians"] = statistics.median(times[name]) / statistics.median(times["fp32"])
         result[f"{name}_ratio_per_round"] = [q / f for q, f in zip(times[name], times["fp32"], strict=True)]
     return result
@@ -219,11 +237,16 @@ import os, sys
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 import keras, numpy as np
 from bench.run import resnet
-from custom_cases import ResNetV1QDQCase
-from qdq_toolkit import quantize_model
 model = resnet(64)
-if sys.argv[1] == "qat":
-    model = quantize_model(model, custom_qdq_cases=[ResNetV1QDQCase()])
+if sys.argv[1] != "fp32":
+    try:
+        from bench.run import qat_resnet
+    except ImportError:  # a --baseline checkout older than qat_resnet: its default QAT model
+        from custom_cases import ResNetV1QDQCase
+        from qdq_toolkit import quantize_model
+        def qat_resnet(model, kind):
+            return quantize_model(model, custom_qdq_cases=[ResNetV1QDQCase()])
+    model = qat_resnet(model, sys.argv[1])
 model.compile(keras.optimizers.SGD(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
 rng = np.random.default_rng(0)
 x = rng.normal(size=(256, 64, 64, 3)).astype(np.float32); y = rng.integers(0, 1000, size=256)
@@ -237,8 +260,9 @@ print(hwm, tf.config.experimental.get_memory_info("CPU:0")["peak"] // 1024)
 
 
 def fit_peaks_mib(kind: str, root: Path = ROOT) -> dict[str, float]:
-    """A fresh process fits ResNet50 once, ``kind`` "fp32" or "qat", with the toolkit found in ``root``: its
-    VmHWM (``rss``) and the peak of the tensors TensorFlow's CPU allocator held at once (``tensors``), in MiB.
+    """A fresh process fits ResNet50 once, ``kind`` "fp32" or one of :data:`QAT_KINDS`, with the toolkit (and the
+    ``bench`` package) found in ``root``: its VmHWM (``rss``) and the peak of the tensors TensorFlow's CPU allocator
+    held at once (``tensors``), in MiB.
 
     The two differ by what is not a tensor: the allocator's pool (oneDNN builds use a pooling allocator that never
     returns memory to the system), the traced graphs, XLA's compiler and the Python heap."""
@@ -254,24 +278,29 @@ def fit_peaks_mib(kind: str, root: Path = ROOT) -> dict[str, float]:
     return {"rss": int(rss) / 1024, "tensors": int(tensors) / 1024}  # KiB -> MiB
 
 
-def bench_peaks(rounds: int, baseline: Path | None = None) -> dict:
+def bench_peaks(rounds: int, baseline: Path | None = None, stored: bool = False) -> dict:
     """:func:`fit_peaks_mib` of FP32 and QAT fits, alternating, ``rounds`` of each (and of the toolkit in
-    ``baseline``, keys prefixed ``baseline_``, in the same alternation); the ratios of the medians."""
+    ``baseline``, keys prefixed ``baseline_``, in the same alternation; with ``stored`` also ``qat_stored`` fits of
+    this checkout, keys ``qat_stored_...``); the ratios of the medians to FP32's."""
     roots = {"": ROOT} | ({"baseline_": baseline} if baseline else {})
+    kinds = {"": ("fp32", *QAT_KINDS) if stored else ("fp32", "qat"), "baseline_": ("fp32", "qat")}
     peaks: dict[str, list[float]] = {}
     for index in range(rounds):
         for prefix, root in roots.items():
-            for kind in ("fp32", "qat"):
+            for kind in kinds[prefix]:
                 print(f"memory round {index + 1}/{rounds}: {prefix}{kind} ...", file=sys.stderr, flush=True)
                 fit = fit_peaks_mib(kind, root)
                 peaks.setdefault(f"{prefix}{kind}_peak_mib", []).append(fit["rss"])
                 peaks.setdefault(f"{prefix}{kind}_tensor_peak_mib", []).append(fit["tensors"])
     result = dict(peaks)
     for prefix in roots:
-        for figure in ("peak", "tensor_peak"):
-            qat, fp32 = peaks[f"{prefix}qat_{figure}_mib"], peaks[f"{prefix}fp32_{figure}_mib"]
-            name = "ratio_of_medians" if figure == "peak" else "tensor_ratio_of_medians"
-            result[f"{prefix}{name}"] = statistics.median(qat) / statistics.median(fp32)
+        for kind in kinds[prefix][1:]:
+            for figure in ("peak", "tensor_peak"):
+                qat, fp32 = peaks[f"{prefix}{kind}_{figure}_mib"], peaks[f"{prefix}fp32_{figure}_mib"]
+                name = "ratio_of_medians" if figure == "peak" else "tensor_ratio_of_medians"
+                # the default path's keys keep their names ("ratio_of_medians"); the stored path's are prefixed
+                key = f"{prefix}{name}" if kind == "qat" else f"{prefix}{kind}_{name}"
+                result[key] = statistics.median(qat) / statistics.median(fp32)
     return result
 
 
