@@ -62,7 +62,7 @@ def _float32_config(config):
     if isinstance(config, dict):
         out = {}
         for key, value in config.items():
-            if key == "dtype" and _is_float_policy(value):
+            if key == "dtype" and _is_rebuilt_policy(value):
                 out[key] = FLOAT32
             else:
                 out[key] = _float32_config(value)
@@ -79,7 +79,7 @@ HALF_POLICIES = ("mixed_float16", "mixed_bfloat16", "float16", "bfloat16")
 REBUILT_POLICIES = (*HALF_POLICIES, "float64")
 
 
-def _is_float_policy(value) -> bool:
+def _is_rebuilt_policy(value) -> bool:
     """A serialized dtype (a policy name or a ``DTypePolicy`` config) that the export rebuilds as float32."""
     if isinstance(value, dict) and value.get("class_name") in ("DTypePolicy", "FloatDTypePolicy"):
         value = value.get("config", {}).get("name")
